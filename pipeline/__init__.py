@@ -1,0 +1,32 @@
+"""voicegraph: Trio-based real-time audio pipelines for offline telephone voice bots.
+
+The public API lives here; the modules behind it are private to the package.
+"""
+
+from .frames import Concealment, Frame, MulawAudio, PcmAudio, RawPacket, Stamp
+from .graph import RunningChain, Tee, open_chain
+from .inbound import Inbound, InboundStatistics
+from .metrics import LatencySummary, StageLatencies
+from .stage import Outbox, Stage, StageFailed, run_stage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Concealment",
+    "Frame",
+    "Inbound",
+    "InboundStatistics",
+    "LatencySummary",
+    "MulawAudio",
+    "Outbox",
+    "PcmAudio",
+    "RawPacket",
+    "RunningChain",
+    "Stage",
+    "StageFailed",
+    "StageLatencies",
+    "Stamp",
+    "Tee",
+    "open_chain",
+    "run_stage",
+]
