@@ -1,0 +1,1 @@
+"""voicegraph benchmarks: each measures our code and its baseline in one run."""
