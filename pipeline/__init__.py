@@ -3,7 +3,7 @@
 The public API lives here; the modules behind it are private to the package.
 """
 
-from .frames import Concealment, Frame, MulawAudio, PcmAudio, RawPacket, Stamp
+from .frames import Concealment, Frame, MulawAudio, PcmAudio, RawPacket, Stamp, Utterance
 from .graph import RunningChain, Tee, open_chain
 from .inbound import Inbound, InboundStatistics
 from .metrics import LatencySummary, StageLatencies
@@ -27,6 +27,7 @@ __all__ = [
     "StageLatencies",
     "Stamp",
     "Tee",
+    "Utterance",
     "open_chain",
     "run_stage",
 ]

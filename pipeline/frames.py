@@ -19,6 +19,7 @@ __all__ = [
     "PcmAudio",
     "RawPacket",
     "Stamp",
+    "Utterance",
 ]
 
 
@@ -105,6 +106,24 @@ class PcmAudio(Frame):
     @property
     def end_sample(self) -> int:
         return self.start_sample + len(self.samples)
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(slots=True, kw_only=True)
+class Utterance(Frame):
+    """One stretch of caller speech, cut out of the call's audio at exact sample positions.
+
+    ``captured_at`` is when the last speech sample arrived, so the stage that
+    emits an utterance is charged exactly the end-of-turn wait it added.
+    """
+
+    samples: np.ndarray
+    start_sample: int
+    end_sample: int
+    sample_rate: int = 8000
 
     @property
     def duration(self) -> float:
