@@ -187,7 +187,7 @@ class RtpDepacketizer(Stage[RawPacket, RtpFrame]):
             return ()
         self.parsed += 1
         frame = RtpFrame(packet=packet, captured_at=item.captured_at, received_at=item.captured_at)
-        frame.stamps = item.stamps
+        frame.stamps = list(item.stamps)  # the raw packet may be held elsewhere (a tee)
         return (frame,)
 
     def statistics(self) -> dict[str, Any]:
