@@ -10,7 +10,11 @@ from collections.abc import Sequence
 from . import __version__
 
 # name -> module defining ``configure(parser)`` and ``main(args) -> int``
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "serve": "pipeline.cli_serve",
+    "call": "pipeline.cli_call",
+    "transcribe": "pipeline.transcribe",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,328 @@
+"""The bot side of the voice-stream protocol over real WebSockets (trio-websocket).
+
+One task per connection, one nursery per call: authentication, the 10 s
+registration deadline, the 5 min inactivity deadline (one cancel scope whose
+deadline moves with every message), the caller's packets handed to the bot
+without ever blocking the socket, and a close code for every way a call ends:
+
+=================================  ==========================================
+how the call ends                  close code
+=================================  ==========================================
+the platform hangs up              (its own close; nothing to send)
+the bot hangs up                   1000, or the code the bot chose
+no message for 5 minutes           1000 "inactive"
+no registration within 10 s        1008 "no registration"
+wrong or missing API key           1008 "authentication failed"
+a protocol violation               1002 with the protocol's reason
+a message over 1 MB                1009 (enforced by the WebSocket layer)
+the bot or a stage raised          1011 "internal error"; other calls go on
+server shutdown (SIGINT/SIGTERM)   1001 "server going away"
+=================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+    serve_websocket,
+    wrap_server_stream,
+)
+
+from .auth import credentials_from_request, is_authorized
+from .call import Bot, Call
+from .events import CloseCode, Connected, Media, MessageSkipped, ProtocolViolation
+from .logs import CallLogger, redact_number
+from .protocol import ServerProtocol
+
+__all__ = ["ServerConfig", "VoiceStreamServer", "make_ssl_context"]
+
+logger = logging.getLogger("voicegraph.server")
+
+MAX_MESSAGE_SIZE = 1 << 20
+CLOSE_TIMEOUT = 5.0
+FINISHED_CALLS_KEPT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    registration_timeout: float = 10.0
+    inactivity_timeout: float = 300.0
+    max_message_size: int = MAX_MESSAGE_SIZE
+    redact: bool = False
+
+
+def make_ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    """A server TLS context for WSS (TLS 1.2 or newer)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+class _CallEnded(Exception):
+    """Internal: the call must close with this code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class VoiceStreamServer:
+    """Accepts calls from the platform and runs ``bot`` on each one.
+
+    Start it with ``await nursery.start(server.serve)``; the started value is the
+    underlying :class:`trio_websocket.WebSocketServer` (its ``port`` is the bound port).
+    ``shutdown()`` stops accepting and closes every live call with 1001.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        bot: Bot,
+        *,
+        protocol_factory: Callable[[], ServerProtocol] = ServerProtocol,
+    ) -> None:
+        self.config = config
+        self.bot = bot
+        self._protocol_factory = protocol_factory
+        self.calls: dict[str, Call] = {}
+        self.finished_calls: deque[dict[str, Any]] = deque(maxlen=FINISHED_CALLS_KEPT)
+        self._call_scopes: dict[str, trio.CancelScope] = {}
+        self._closing: dict[str, tuple[int, str]] = {}
+        self._shutdown = trio.Event()
+        self.counters: dict[str, int] = {
+            "connections": 0,
+            "calls": 0,
+            "auth_refused": 0,
+            "registration_timeouts": 0,
+            "protocol_errors": 0,
+            "inactivity_timeouts": 0,
+            "internal_errors": 0,
+        }
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen until :meth:`shutdown`, then close every call with 1001 and return."""
+        await self.bot.setup()
+        ssl_context = None
+        if self.config.certfile:
+            ssl_context = make_ssl_context(self.config.certfile, self.config.keyfile)
+        async with trio.open_nursery() as calls_nursery:
+            async with trio.open_nursery() as listen_nursery:
+                ws_server = await listen_nursery.start(
+                    partial(
+                        serve_websocket,
+                        self._handle_connection,
+                        self.config.host,
+                        self.config.port,
+                        ssl_context,
+                        handler_nursery=calls_nursery,
+                        max_message_size=self.config.max_message_size,
+                        message_queue_size=4,
+                    )
+                )
+                logger.info(
+                    "listening",
+                    extra={
+                        "host": self.config.host,
+                        "port": ws_server.port,
+                        "tls": bool(ssl_context),
+                    },
+                )
+                task_status.started(ws_server)
+                await self._shutdown.wait()
+                listen_nursery.cancel_scope.cancel()
+            for call_id in list(self._call_scopes):
+                self._end_call(call_id, CloseCode.GOING_AWAY, "server going away")
+        logger.info("stopped", extra=self.counters)
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one call over an already-open byte stream (any transport, or a test's
+        in-memory stream). The bot must have been set up (``await bot.setup()``)."""
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(
+                nursery, stream, max_message_size=self.config.max_message_size
+            )
+            await self._handle_connection(request)
+            nursery.cancel_scope.cancel()
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    def _end_call(self, call_id: str, code: int, reason: str) -> None:
+        self._closing.setdefault(call_id, (code, reason))
+        scope = self._call_scopes.get(call_id)
+        if scope is not None:
+            scope.cancel()
+
+    async def _handle_connection(self, request: WebSocketRequest) -> None:
+        """One connection, start to end. Never raises: one bad call must not touch others."""
+        self.counters["connections"] += 1
+        offered = credentials_from_request(request.path, request.headers)
+        ws = await request.accept()
+        if not is_authorized(self.config.api_key, offered):
+            self.counters["auth_refused"] += 1
+            logger.warning("authentication failed", extra={"path": request.path.split("?")[0]})
+            await _close(ws, CloseCode.POLICY_VIOLATION, "authentication failed")
+            return
+        protocol = self._protocol_factory()
+        try:
+            connected = await self._await_registration(ws, protocol)
+        except _CallEnded as ended:
+            await _close(ws, ended.code, ended.reason)
+            return
+        except ConnectionClosed:
+            return
+        if connected is None:
+            return
+        await self._run_call(ws, protocol, connected)
+
+    async def _await_registration(
+        self, ws: WebSocketConnection, protocol: ServerProtocol
+    ) -> Connected | None:
+        with trio.move_on_after(self.config.registration_timeout):
+            while True:
+                message = await ws.get_message()
+                for event in protocol.receive_message(message):
+                    if isinstance(event, Connected):
+                        return event
+                    self._raise_if_violation(event)
+        self.counters["registration_timeouts"] += 1
+        raise _CallEnded(CloseCode.POLICY_VIOLATION, "no registration within the time limit")
+
+    def _raise_if_violation(self, event: Any) -> None:
+        if isinstance(event, ProtocolViolation):
+            self.counters["protocol_errors"] += 1
+            raise _CallEnded(event.code, event.reason)
+
+    async def _run_call(
+        self, ws: WebSocketConnection, protocol: ServerProtocol, connected: Connected
+    ) -> None:
+        call_id = connected.call_id
+        mobile = redact_number(connected.mobile_no) if self.config.redact else connected.mobile_no
+        log = CallLogger(logger, call_id, mobileNo=mobile)
+        call = Call(
+            call_id=call_id,
+            mobile_no=connected.mobile_no,
+            extra=connected.extra,
+            send_text=ws.send_message,
+            encode_speech=protocol.speech,
+            encode_greeting=protocol.greeting,
+            encode_interrupt=protocol.interrupt,
+            log=log,
+        )
+        self.counters["calls"] += 1
+        self.calls[call_id] = call
+        code, reason = CloseCode.NORMAL, "call ended"
+        try:
+            await ws.send_message(protocol.acknowledge())
+            log.info("call registered", extra={"path": ws.path.split("?")[0]})
+            code, reason = await self._supervise(ws, protocol, call)
+        except Exception as exc:
+            if _only_connection_closed(exc):
+                code, reason = CloseCode.NORMAL, "closed by peer"
+            else:
+                self.counters["internal_errors"] += 1
+                log.exception("call failed")
+                code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+        finally:
+            self.calls.pop(call_id, None)
+            self._call_scopes.pop(call_id, None)
+            code, reason = self._closing.pop(call_id, (code, reason))
+            summary = {"code": int(code), "reason": reason, **call.statistics()}
+            self.finished_calls.append(summary)
+            log.info("call ended", extra=summary)
+            await _close(ws, code, reason)
+
+    async def _supervise(
+        self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call
+    ) -> tuple[int, str]:
+        """Run reader and bot side by side; whichever ends first ends the call."""
+        outcome: tuple[int, str] = (CloseCode.NORMAL, "call ended")
+        async with trio.open_nursery() as nursery:
+            self._call_scopes[call.call_id] = nursery.cancel_scope
+
+            async def read() -> None:
+                nonlocal outcome
+                try:
+                    await self._read_media(ws, protocol, call)
+                    outcome = (CloseCode.NORMAL, "closed by peer")
+                except _CallEnded as ended:
+                    outcome = (ended.code, ended.reason)
+                nursery.cancel_scope.cancel()
+
+            async def run_bot() -> None:
+                nonlocal outcome
+                await self.bot.handle_call(call)
+                outcome = (call.hang_up_code, call.hang_up_reason)
+                nursery.cancel_scope.cancel()
+
+            async def watch_hang_up() -> None:
+                nonlocal outcome
+                await call.wait_hung_up()
+                outcome = (call.hang_up_code, call.hang_up_reason)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            nursery.start_soon(run_bot)
+            nursery.start_soon(watch_hang_up)
+        return outcome
+
+    async def _read_media(
+        self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call
+    ) -> None:
+        """Socket → protocol → the call's packet channel. Never waits on the bot."""
+        timeout = self.config.inactivity_timeout
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as idle:
+            try:
+                while True:
+                    message = await ws.get_message()
+                    now = trio.current_time()
+                    idle.deadline = now + timeout
+                    call.stats.messages_received += 1
+                    for event in protocol.receive_message(message):
+                        if isinstance(event, Media):
+                            call.deliver_packet(event.payload, now)
+                        elif isinstance(event, ProtocolViolation):
+                            self.counters["protocol_errors"] += 1
+                            raise _CallEnded(event.code, event.reason)
+                        elif isinstance(event, MessageSkipped):
+                            call.count_skip(event.reason.value)
+            except ConnectionClosed:
+                call.end_of_media()
+                return
+        self.counters["inactivity_timeouts"] += 1
+        call.end_of_media()
+        raise _CallEnded(CloseCode.NORMAL, f"inactive for {timeout:g} s")
+
+
+def _only_connection_closed(exc: BaseException) -> bool:
+    """True if ``exc`` (or every leaf of an exception group) is the peer having gone."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_connection_closed(inner) for inner in exc.exceptions)
+    return isinstance(exc, ConnectionClosed)
+
+
+async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:
+    """Close within a bounded time, even while being cancelled."""
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        await ws.aclose(code=int(code), reason=reason)

@@ -1,0 +1,49 @@
+"""Shared helpers for transport tests: a bot server on a free loopback port, caller audio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+from pipeline.call import Bot
+from pipeline.parrot import ParrotBot
+from pipeline.server import ServerConfig, VoiceStreamServer
+from stages.jitter import JitterConfig
+
+RATE = 8000
+
+
+def speechlike(seconds: float, *, pitch: float = 140.0, seed: int = 0) -> np.ndarray:
+    """A voiced, syllable-modulated harmonic signal: loud enough for any energy gate."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    voice = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 8))
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, np.pi))
+    signal = 0.25 * voice * envelope / 1.5
+    return (signal * 32767).astype(np.int16)
+
+
+def steady_parrot() -> ParrotBot:
+    """A parrot whose playout delay is pinned at 120 ms: on a clean network it never
+    skips or stretches a frame, so its echo must be byte-exact (adaptation is tested
+    on its own, with impairments)."""
+    return ParrotBot(jitter=JitterConfig(min_delay=0.12, initial_delay=0.12, max_delay=0.12))
+
+
+def quiet(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.int16)
+
+
+async def start_server(
+    nursery: trio.Nursery, bot: Bot | None = None, **config: object
+) -> tuple[VoiceStreamServer, str]:
+    server = VoiceStreamServer(ServerConfig(port=0, **config), bot or ParrotBot())
+    ws_server = await nursery.start(server.serve)
+    scheme = "wss" if config.get("certfile") else "ws"
+    return server, f"{scheme}://127.0.0.1:{ws_server.port}/"
+
+
+@pytest.fixture
+async def parrot(nursery: trio.Nursery) -> tuple[VoiceStreamServer, str]:
+    return await start_server(nursery, steady_parrot())
