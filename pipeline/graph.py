@@ -1,6 +1,7 @@
 """Composition: wire stages into a running per-call chain in a few lines.
 
     async with open_chain(RtpDepacketizer(), JitterStage(), MulawDecoder()) as chain:
+        # JitterStage from stages.playout, the others from stages.rtp and stages.mulaw
         chain.inbound.send_nowait(RawPacket(data=packet, captured_at=trio.current_time()))
         async for frame in chain.outputs:
             ...

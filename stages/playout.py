@@ -71,10 +71,7 @@ class JitterStage(Stage[RtpFrame, MulawAudio]):
                 break
             now = trio.current_time()
             if item is not None:
-                # received_at is when the transport got it; a hand-built frame may only
-                # carry captured_at
-                arrival = item.received_at or item.captured_at
-                buffer.push(item.packet, arrival, item.stamps)
+                buffer.push(item.packet, item.captured_at, item.stamps)
             while (due := buffer.next_tick_at) is not None and due <= now:
                 await outbox.send(self._frame(buffer.tick(now)))
         while buffer.buffered and buffer.next_tick_at is not None:

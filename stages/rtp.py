@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from pipeline.frames import Frame, RawPacket
 from pipeline.stage import Stage
@@ -52,9 +52,12 @@ def timestamp_distance(a: int, b: int) -> int:
     return ((b - a + 0x8000_0000) & 0xFFFF_FFFF) - 0x8000_0000
 
 
-@dataclass(frozen=True, slots=True)
-class RtpPacket:
-    """One RTP packet. ``payload`` excludes header, CSRCs, extension and padding."""
+class RtpPacket(NamedTuple):
+    """One RTP packet. ``payload`` excludes header, CSRCs, extension and padding.
+
+    A named tuple rather than a frozen dataclass: it is built 50 times a second per
+    call, and a tuple is built in a fraction of the time.
+    """
 
     payload_type: int
     sequence_number: int
@@ -73,6 +76,10 @@ class RtpPacket:
         if len(data) < FIXED_HEADER.size:
             raise RtpError(f"packet of {len(data)} bytes is shorter than the 12-byte RTP header")
         first, second, sequence_number, timestamp, ssrc = FIXED_HEADER.unpack_from(data)
+        if first == 0x80:  # the common case: version 2, no padding, extension or CSRCs
+            return cls(
+                second & 0x7F, sequence_number, timestamp, ssrc, bytes(data[12:]), second > 0x7F
+            )
         version = first >> 6
         if version != RTP_VERSION:
             raise RtpError(f"RTP version {version}, expected 2")
@@ -155,10 +162,9 @@ class RtpPacket:
 
 @dataclass(slots=True, kw_only=True)
 class RtpFrame(Frame):
-    """A parsed packet travelling through a pipeline, with its arrival time."""
+    """A parsed packet travelling through a pipeline; ``captured_at`` is its arrival."""
 
     packet: RtpPacket
-    received_at: float = field(default=0.0)
 
 
 class RtpDepacketizer(Stage[RawPacket, RtpFrame]):
@@ -186,7 +192,7 @@ class RtpDepacketizer(Stage[RawPacket, RtpFrame]):
             self.last_error = f"payload type {packet.payload_type} is not accepted"
             return ()
         self.parsed += 1
-        frame = RtpFrame(packet=packet, captured_at=item.captured_at, received_at=item.captured_at)
+        frame = RtpFrame(packet=packet, captured_at=item.captured_at)
         frame.stamps = list(item.stamps)  # the raw packet may be held elsewhere (a tee)
         return (frame,)
 

@@ -435,7 +435,7 @@ def test_config_rejects_inconsistent_delays():
 
 def rtp_frame(index: int, now: float, *, first: int = 0) -> RtpFrame:
     pkt = packet(first + index, (first + index) * N, audio(first + index))
-    return RtpFrame(packet=pkt, captured_at=now, received_at=now)
+    return RtpFrame(packet=pkt, captured_at=now)
 
 
 @pytest.mark.timeout(30)  # a busy loop would stop virtual time and hang here
