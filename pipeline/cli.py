@@ -11,6 +11,7 @@ from . import __version__
 
 # name -> module defining ``configure(parser)`` and ``main(args) -> int``
 COMMANDS: dict[str, str] = {
+    "demo": "pipeline.cli_demo",
     "serve": "pipeline.cli_serve",
     "call": "pipeline.cli_call",
     "transcribe": "pipeline.transcribe",

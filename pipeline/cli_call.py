@@ -11,10 +11,15 @@ from pathlib import Path
 import numpy as np
 import trio
 
-from stages import mulaw
-
-from .audiofile import AudioFileError, load_audio, save_wav
-from .emulator import Impairments, RegistrationError, TurnReport, converse, open_call
+from .audiofile import AudioFileError, load_audio
+from .emulator import (
+    Impairments,
+    RegistrationError,
+    TurnReport,
+    converse,
+    open_call,
+    save_call,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +129,7 @@ async def _call(
     }
     print(json.dumps(summary) if args.json else f"call {call.call_id}: {summary}")
     if args.save:
-        _save(args.save, call, turns, reports)
+        save_call(args.save, call, turns, reports)
     return 0
 
 
@@ -137,15 +142,3 @@ def _describe(report: TurnReport) -> str:
         f"bot {report.bot_audio_seconds:.2f} s in {report.bot_messages} message(s), "
         f"voice-to-voice {latency}, interrupts {report.interrupts}"
     )
-
-
-def _save(directory: Path, call, turns, reports: list[TurnReport]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    save_wav(directory / "caller.wav", np.concatenate([samples for _, samples in turns]))
-    for index, audio in enumerate(call.received, start=1):
-        (directory / f"bot-{index:02d}-{audio.kind}.wav").write_bytes(audio.wav)
-    if call.received:
-        bot = np.concatenate([mulaw.decode(audio.mulaw) for audio in call.received])
-        save_wav(directory / "bot.wav", bot)
-    report = {"callId": call.call_id, "turns": [r.as_dict() for r in reports]}
-    (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -11,6 +11,7 @@ from the end of the caller's speech in the stream to the first byte of bot audio
 from __future__ import annotations
 
 import heapq
+import json
 import random
 import secrets
 import ssl
@@ -18,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import trio
@@ -28,6 +30,7 @@ from stages.energy import level_dbfs
 from stages.rtp import PAYLOAD_TYPE_PCMU, RtpPacket
 from stages.wav import WavError, decode_wav
 
+from .audiofile import save_wav
 from .events import ConnectedAck, Greeting, Interrupt, SpeechChunk
 from .protocol import ClientProtocol
 
@@ -38,6 +41,7 @@ __all__ = [
     "RegistrationError",
     "SpokenTurn",
     "open_call",
+    "save_call",
     "speech_end_offset",
 ]
 
@@ -363,6 +367,29 @@ class TurnReport:
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+def save_call(
+    directory: Path,
+    call: EmulatedCall,
+    turns: list[tuple[str, np.ndarray]],
+    reports: list[TurnReport],
+) -> list[Path]:
+    """Write what a call sounded like: ``caller.wav``, ``bot.wav`` (every bot message in
+    order), each message exactly as received, and ``report.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [save_wav(directory / "caller.wav", np.concatenate([s for _, s in turns]))]
+    for index, audio in enumerate(call.received, start=1):
+        path = directory / f"bot-{index:02d}-{audio.kind}.wav"
+        path.write_bytes(audio.wav)
+        written.append(path)
+    if call.received:
+        bot = np.concatenate([mulaw.decode(audio.mulaw) for audio in call.received])
+        written.append(save_wav(directory / "bot.wav", bot))
+    report = {"callId": call.call_id, "turns": [r.as_dict() for r in reports]}
+    (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    written.append(directory / "report.json")
+    return written
 
 
 async def converse(
