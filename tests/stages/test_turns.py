@@ -1,0 +1,222 @@
+"""Endpointing and barge-in on generated speech with known true boundaries.
+
+True boundaries: the corpus trims each clip to its first and last 5 ms block above
+-45 dBFS, then pads it with exact digital silence, so speech starts at sample 8000
+(1 s) and ends 8000 + len(clip) samples in.
+"""
+
+import numpy as np
+import pytest
+
+from benchmarks.speech_corpus import VOICES, click, padded, silence, speech, telephony
+from pipeline import PcmAudio, open_chain
+from stages.turns import (
+    BargeIn,
+    BotSpeech,
+    Endpointer,
+    SpeechSegment,
+    SpeechStarted,
+    TurnConfig,
+    TurnStage,
+)
+from stages.vad import WINDOW, SileroModel, SileroStream, VadFrame, VadStage, open_vad_service
+
+SIZE = WINDOW[8000]
+TOLERANCE = 480  # 60 ms at 8 kHz
+
+
+@pytest.fixture(scope="module")
+def model() -> SileroModel:
+    return SileroModel()
+
+
+def vad_frames(model: SileroModel, audio: np.ndarray) -> list[VadFrame]:
+    stream = SileroStream(model)
+    return [
+        VadFrame(
+            samples=audio[i : i + SIZE],
+            start_sample=i,
+            probability=stream.probability(audio[i : i + SIZE]),
+            captured_at=0.0,
+        )
+        for i in range(0, len(audio) - SIZE + 1, SIZE)
+    ]
+
+
+def run(endpointer: Endpointer, frames: list[VadFrame]) -> list:
+    events = [event for frame in frames for event in endpointer.process(frame)]
+    return events + endpointer.finish()
+
+
+@pytest.mark.parametrize("voice", VOICES, ids=lambda v: v.label)
+@pytest.mark.parametrize("text", ["Please call me back tomorrow afternoon.", "Yes."])
+def test_boundaries_land_within_60_ms(model, voice, text):
+    clip = telephony(speech(text, voice))
+    audio = padded(clip, 1.0, 1.5)
+    events = run(Endpointer(), vad_frames(model, audio))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechSegment]
+    started, segment = events
+    assert abs(segment.speech_start - 8000) <= TOLERANCE
+    assert abs(segment.speech_end - (8000 + len(clip))) <= TOLERANCE
+    assert started.sample == segment.speech_start
+    # the audio is the call's own samples, padded by pre-roll and post-roll
+    assert segment.start_sample == segment.speech_start - 1600
+    assert segment.end_sample == segment.speech_end + 1200
+    np.testing.assert_array_equal(segment.samples, audio[segment.start_sample : segment.end_sample])
+
+
+def test_pause_shorter_than_hangover_keeps_one_turn(model):
+    first = telephony(speech("My number is five five five."))
+    second = telephony(speech("One two three four."))
+    short_pause = np.concatenate([silence(0.5), first, silence(0.3), second, silence(1.0)])
+    long_pause = np.concatenate([silence(0.5), first, silence(1.0), second, silence(1.0)])
+    segments = [
+        e for e in run(Endpointer(), vad_frames(model, short_pause)) if isinstance(e, SpeechSegment)
+    ]
+    assert len(segments) == 1
+    segments = [
+        e for e in run(Endpointer(), vad_frames(model, long_pause)) if isinstance(e, SpeechSegment)
+    ]
+    assert len(segments) == 2
+    assert abs(segments[1].speech_start - (4000 + len(first) + 8000)) <= TOLERANCE
+
+
+def test_hangover_is_configurable(model):
+    audio = padded(telephony(speech("Okay.")), 0.5, 1.0)
+    frames = vad_frames(model, audio)
+    fast = [
+        e
+        for e in run(Endpointer(TurnConfig(min_silence_ms=200)), frames)
+        if isinstance(e, SpeechSegment)
+    ]
+    slow = [
+        e
+        for e in run(Endpointer(TurnConfig(min_silence_ms=800)), frames)
+        if isinstance(e, SpeechSegment)
+    ]
+    assert slow[0].captured_at == fast[0].captured_at == 0.0
+    # the same speech, but the slow endpointer needed more audio before it decided
+    assert slow[0].end_sample == fast[0].end_sample
+    decided = {}
+    for config in (TurnConfig(min_silence_ms=200), TurnConfig(min_silence_ms=800)):
+        endpointer = Endpointer(config)
+        for frame in frames:
+            if any(isinstance(e, SpeechSegment) for e in endpointer.process(frame)):
+                decided[config.min_silence_ms] = frame.end_sample
+                break
+    assert decided[800] - decided[200] == pytest.approx(600 * 8, abs=SIZE)
+
+
+def test_forced_cut_at_max_utterance(model):
+    audio = padded(
+        telephony(speech("I would like to check the status of my order, please.")), 0.5, 1.0
+    )
+    events = run(Endpointer(TurnConfig(max_utterance_s=1.0)), vad_frames(model, audio))
+    segments = [e for e in events if isinstance(e, SpeechSegment)]
+    assert len(segments) >= 2
+    assert segments[0].forced
+    assert segments[0].speech_end - segments[0].speech_start <= 8000 + SIZE
+
+
+def test_click_is_not_a_turn(model):
+    audio = telephony(np.concatenate([silence(0.5), click(0.1), silence(1.0)]))
+    assert run(Endpointer(), vad_frames(model, audio)) == []
+
+
+def barge_events(model, audio, *, speaking=True, gate=None) -> list[BargeIn]:
+    bot = BotSpeech()
+    endpointer = Endpointer(bot=bot, barge_in_gate=gate)
+    with bot.speaking_scope() if speaking else _nothing():
+        events = run(endpointer, vad_frames(model, audio))
+    return [e for e in events if isinstance(e, BargeIn)]
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_barge_in_ignores_a_100_ms_click(model):
+    audio = telephony(
+        np.concatenate(
+            [
+                silence(0.5),
+                click(0.1),
+                silence(0.5),
+                click(0.1, level_dbfs=0.0, seed=3),
+                silence(0.5),
+            ]
+        )
+    )
+    assert barge_events(model, audio) == []
+
+
+def test_barge_in_fires_on_400_ms_of_speech(model):
+    words = telephony(speech("Hello there, can you hear me?"))[:3200]  # 400 ms of it
+    audio = np.concatenate([silence(0.5), words, silence(0.5)])
+    (barge,) = barge_events(model, audio)
+    assert abs(barge.sample - 4000) <= TOLERANCE
+    assert barge.detected_sample - barge.sample >= 250 * 8
+    assert barge.detected_sample <= 4000 + 3200 + SIZE  # while the caller is still talking
+
+
+def test_barge_in_needs_the_bot_to_be_speaking(model):
+    audio = np.concatenate([silence(0.5), telephony(speech("Hello there.")), silence(0.5)])
+    assert barge_events(model, audio, speaking=False) == []
+
+
+def test_barge_in_is_stricter_than_speech_start(model):
+    words = telephony(speech("Hello there, can you hear me?"))[:1600]  # 200 ms: a "mm"
+    audio = np.concatenate([silence(0.5), words, silence(1.0)])
+    bot = BotSpeech()
+    bot.speaking = True
+    events = run(Endpointer(bot=bot), vad_frames(model, audio))
+    assert any(isinstance(e, SpeechStarted) for e in events)
+    assert not any(isinstance(e, BargeIn) for e in events)
+
+
+def test_words_gate_hook_is_asked_and_can_veto(model):
+    audio = np.concatenate(
+        [silence(0.5), telephony(speech("Hello there, can you hear me?")), silence(0.5)]
+    )
+    seen: list[tuple[int, int]] = []
+
+    def gate(samples: np.ndarray, start: int) -> bool:
+        seen.append((len(samples), start))
+        return len(seen) >= 3  # "words" appear on the third look
+
+    (barge,) = barge_events(model, audio, gate=gate)
+    assert len(seen) == 3
+    assert seen[0][1] == barge.sample
+    assert seen[1][0] == seen[0][0] + SIZE  # growing audio from the speech start
+    assert barge_events(model, audio, gate=lambda samples, start: False) == []
+
+
+def test_config_rejects_inverted_thresholds():
+    with pytest.raises(ValueError, match="release_threshold"):
+        TurnConfig(threshold=0.3, release_threshold=0.5)
+
+
+async def test_pipeline_pcm_to_turns(model):
+    clip = telephony(speech("Can you transfer me to customer service?"))
+    audio = padded(clip, 1.0, 1.0)
+    async with (
+        open_vad_service(model) as service,
+        open_chain(VadStage(service), TurnStage()) as chain,
+    ):
+        for i in range(0, len(audio), 160):
+            frame = PcmAudio(samples=audio[i : i + 160], start_sample=i, captured_at=i / 8000)
+            chain.inbound.send_nowait(frame)
+        await chain.inbound.aclose()
+        events = [e async for e in chain.outputs]
+        stats = chain.statistics()
+    assert [type(e) for e in events] == [SpeechStarted, SpeechSegment]
+    segment = events[1]
+    assert abs(segment.speech_end - (8000 + len(clip))) <= TOLERANCE
+    assert [s.stage for s in segment.stamps] == ["vad_stage", "turn_stage"]
+    # charged from the capture of the window that ended the turn
+    assert segment.captured_at >= (segment.speech_end + 600 * 8 - SIZE - 160) / 8000
+    assert stats["turn_stage"]["utterances"] == 1
