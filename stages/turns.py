@@ -24,6 +24,13 @@ How a turn is found (all times in :class:`TurnConfig`):
   VAD bound is kept, the end less ``end_lag_ms``.
 - The utterance audio adds ``preroll_ms`` before the start (so a soft first syllable
   is not cut) and ``postroll_ms`` after the end, clipped to the audio seen.
+- Speculative end of turn: after ``early_silence_ms`` of silence (shorter than the
+  hangover) a :class:`SpeechPaused` carries the utterance as it stands, so a bot can
+  start transcribing and thinking while it waits to be sure the caller has finished.
+  If the caller goes on, :class:`SpeechResumed` says to drop that work; otherwise the
+  :class:`SpeechSegment` follows at ``min_silence_ms`` and commits it. Nothing is
+  decided earlier than without it: only the work starts earlier. An
+  ``early_silence_ms`` not shorter than the hangover (or None) never fires.
 
 Barge-in: while the bot is speaking (``BotSpeech.speaking``, a flag the turn manager
 sets around playback), a stricter gate applies: ``barge_in_min_speech_ms`` (default
@@ -54,6 +61,8 @@ __all__ = [
     "BargeInGate",
     "BotSpeech",
     "Endpointer",
+    "SpeechPaused",
+    "SpeechResumed",
     "SpeechSegment",
     "SpeechStarted",
     "TurnConfig",
@@ -82,6 +91,7 @@ class TurnConfig:
     max_utterance_s: float = 30.0
     barge_in_threshold: float = 0.6
     barge_in_min_speech_ms: float = 250.0
+    early_silence_ms: float | None = 250.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.release_threshold <= self.threshold <= 1.0:
@@ -89,6 +99,8 @@ class TurnConfig:
         for name in ("min_speech_ms", "min_silence_ms", "preroll_ms", "postroll_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.early_silence_ms is not None and self.early_silence_ms <= 0:
+            raise ValueError("early_silence_ms must be positive, or None to disable it")
 
 
 class BotSpeech:
@@ -148,7 +160,23 @@ class SpeechSegment(Utterance):
     forced: bool = False  # cut at max_utterance_s, not at a pause
 
 
-TurnEvent = SpeechStarted | SpeechSegment | BargeIn
+@dataclass(slots=True, kw_only=True)
+class SpeechPaused(Frame):
+    """The caller has been silent ``early_silence_ms``: ``segment`` is the turn so far,
+    tentatively. A :class:`SpeechSegment` (commit) or :class:`SpeechResumed` follows."""
+
+    segment: SpeechSegment
+
+
+@dataclass(slots=True, kw_only=True)
+class SpeechResumed(Frame):
+    """The caller spoke again at ``sample`` after a :class:`SpeechPaused`: drop its work."""
+
+    sample: int
+    sample_rate: int = 8000
+
+
+TurnEvent = SpeechStarted | SpeechPaused | SpeechResumed | SpeechSegment | BargeIn
 
 
 def _blocks_db(samples: np.ndarray, block: int) -> np.ndarray:
@@ -180,7 +208,15 @@ class Endpointer:
         self._barge_run: int | None = None  # start of continuous speech >= barge threshold
         self._barged = False
         self._noise_db: float | None = None  # running level of clearly non-speech windows
-        self.counts = {"speech_started": 0, "utterances": 0, "barge_ins": 0, "blips": 0}
+        self._paused = False  # SpeechPaused sent for the current silence
+        self.counts = {
+            "speech_started": 0,
+            "utterances": 0,
+            "barge_ins": 0,
+            "blips": 0,
+            "pauses": 0,
+            "resumed": 0,
+        }
 
     def _ms(self, ms: float, rate: int) -> int:
         return round(ms * rate / 1000)
@@ -220,6 +256,13 @@ class Endpointer:
                 self._silent_since = frame.start_sample
         else:
             self._silent_since = None
+            if self._paused:
+                self._paused = False
+                self.counts["resumed"] += 1
+                resumed = SpeechResumed(
+                    sample=frame.start_sample, sample_rate=rate, captured_at=0.0
+                )
+                events.append(self._timed(resumed, frame))
         if not self._active:
             if self._silent_since is not None:  # a blip: forget it, keep listening
                 self.counts["blips"] += 1
@@ -237,6 +280,16 @@ class Endpointer:
         silent_for = frame.end_sample - self._silent_since if self._silent_since is not None else 0
         if self._active and silent_for >= self._ms(config.min_silence_ms, rate):
             events.append(self._segment(frame, forced=False))
+        elif (
+            self._active
+            and not self._paused
+            and config.early_silence_ms is not None
+            and silent_for >= self._ms(config.early_silence_ms, rate)
+        ):
+            self._paused = True
+            self.counts["pauses"] += 1
+            paused = SpeechPaused(segment=self._build_segment(frame, forced=False), captured_at=0.0)
+            events.append(self._timed(paused, frame))
         elif self._active and frame.end_sample - self._onset >= config.max_utterance_s * rate:
             events.append(self._segment(frame, forced=True))
         return events
@@ -268,6 +321,23 @@ class Endpointer:
         return [self._timed(event, frame)]
 
     def _segment(self, frame: VadFrame, *, forced: bool) -> SpeechSegment:
+        """The turn is over (or cut): emit it and start listening afresh."""
+        segment = self._build_segment(frame, forced=forced)
+        self.counts["utterances"] += 1
+        self._onset = None
+        self._active = False
+        self._barged = False
+        self._paused = False
+        self._barge_run = None
+        self._silent_since = None
+        if forced:  # the caller is still talking: the next turn starts right here
+            self._frames.clear()
+            self._run_start = None
+        else:
+            self._trim_preroll(frame.sample_rate)
+        return segment
+
+    def _build_segment(self, frame: VadFrame, *, forced: bool) -> SpeechSegment:
         config, rate = self.config, frame.sample_rate
         assert self._onset is not None
         onset = self._onset
@@ -289,17 +359,6 @@ class Endpointer:
             captured_at=frame.captured_at,
         )
         segment.inherit_timing(frame)
-        self.counts["utterances"] += 1
-        self._onset = None
-        self._active = False
-        self._barged = False
-        self._barge_run = None
-        self._silent_since = None
-        if forced:  # the caller is still talking: the next turn starts right here
-            self._frames.clear()
-            self._run_start = None
-        else:
-            self._trim_preroll(rate)
         return segment
 
     def _audio(self, start: int, stop: int) -> np.ndarray:

@@ -14,6 +14,8 @@ from stages.turns import (
     BargeIn,
     BotSpeech,
     Endpointer,
+    SpeechPaused,
+    SpeechResumed,
     SpeechSegment,
     SpeechStarted,
     TurnConfig,
@@ -54,8 +56,12 @@ def test_boundaries_land_within_60_ms(model, voice, text):
     clip = telephony(speech(text, voice))
     audio = padded(clip, 1.0, 1.5)
     events = run(Endpointer(), vad_frames(model, audio))
-    assert [type(e) for e in events] == [SpeechStarted, SpeechSegment]
-    started, segment = events
+    assert [type(e) for e in events] == [SpeechStarted, SpeechPaused, SpeechSegment]
+    started, paused, segment = events
+    # the tentative turn is the committed one: work started on it stays valid
+    assert paused.segment.speech_start == segment.speech_start
+    assert paused.segment.speech_end == segment.speech_end
+    np.testing.assert_array_equal(paused.segment.samples, segment.samples)
     assert abs(segment.speech_start - 8000) <= TOLERANCE
     assert abs(segment.speech_end - (8000 + len(clip))) <= TOLERANCE
     assert started.sample == segment.speech_start
@@ -63,6 +69,24 @@ def test_boundaries_land_within_60_ms(model, voice, text):
     assert segment.start_sample == segment.speech_start - 1600
     assert segment.end_sample == segment.speech_end + 1200
     np.testing.assert_array_equal(segment.samples, audio[segment.start_sample : segment.end_sample])
+
+
+def test_a_pause_the_caller_talks_through_is_retracted(model):
+    first = telephony(speech("My number is five five five."))
+    second = telephony(speech("One two three four."))
+    audio = np.concatenate([silence(0.5), first, silence(0.4), second, silence(1.0)])
+    events = run(Endpointer(TurnConfig(early_silence_ms=250)), vad_frames(model, audio))
+    kinds = [type(e) for e in events]
+    assert kinds == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechSegment]
+    resumed = events[2]
+    assert resumed.sample >= events[1].segment.speech_end
+    assert events[-1].speech_end > resumed.sample  # one turn holds both halves
+
+
+def test_no_early_pause_when_disabled(model):
+    audio = padded(telephony(speech("Yes.")), 1.0, 1.5)
+    events = run(Endpointer(TurnConfig(early_silence_ms=None)), vad_frames(model, audio))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechSegment]
 
 
 def test_pause_shorter_than_hangover_keeps_one_turn(model):
@@ -213,8 +237,8 @@ async def test_pipeline_pcm_to_turns(model):
         await chain.inbound.aclose()
         events = [e async for e in chain.outputs]
         stats = chain.statistics()
-    assert [type(e) for e in events] == [SpeechStarted, SpeechSegment]
-    segment = events[1]
+    assert [type(e) for e in events] == [SpeechStarted, SpeechPaused, SpeechSegment]
+    segment = events[2]
     assert abs(segment.speech_end - (8000 + len(clip))) <= TOLERANCE
     assert [s.stage for s in segment.stamps] == ["vad_stage", "turn_stage"]
     # charged from the capture of the window that ended the turn
