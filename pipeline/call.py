@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,9 +26,14 @@ DEFAULT_MEDIA_CAPACITY = 256  # ~5 s of 20 ms packets
 
 
 class Bot(Protocol):
-    """What the server runs for each call. Shared models are loaded once in ``setup``."""
+    """What the server runs for each call.
 
-    async def setup(self) -> None: ...
+    ``serving()`` is entered once for the server's lifetime: shared model services
+    (one VAD batcher, one STT pool, one TTS, one LLM) load and run inside it, so a
+    bad model path fails at start-up, and no call ever pays for a load.
+    """
+
+    def serving(self) -> AbstractAsyncContextManager[None]: ...
 
     async def handle_call(self, call: Call) -> None: ...
 

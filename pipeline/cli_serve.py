@@ -7,20 +7,27 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import trio
 
+from stages.llm import LlmError
+from stages.stt import SttError
+from stages.tts import TtsError
+from stages.vad import VadError
+
+from .botconfig import BotConfig, ConfigError, load_config
 from .call import Bot
 from .logs import configure_logging
 from .server import ServerConfig, VoiceStreamServer
 
-BOTS = ("parrot",)
+BOTS = ("voice", "parrot")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
-    parser.add_argument("--bot", choices=BOTS, default="parrot", help="which bot answers calls")
+    add_bot_arguments(parser)
     parser.add_argument(
         "--api-key",
         default=os.environ.get("VOICEGRAPH_SERVE_API_KEY"),
@@ -35,12 +42,56 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
 
-def make_bot(name: str) -> Bot:
-    if name == "parrot":
+def add_bot_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and configure the bot (shared by ``serve`` and ``demo``)."""
+    parser.add_argument(
+        "--bot",
+        choices=BOTS,
+        default="voice",
+        help="voice: STT → LLM → TTS (default); parrot: echoes caller speech",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="BOT.TOML",
+        help="bot configuration (prompt, greeting, models, turn-taking)",
+    )
+    parser.add_argument(
+        "--llm",
+        choices=("local", "echo", "openai"),
+        default=None,
+        help="LLM backend (overrides the config)",
+    )
+    parser.add_argument("--llm-url", default=None, help="OpenAI-compatible server base URL")
+    parser.add_argument(
+        "--llm-model", default=None, help="GGUF path (local) or model name (openai)"
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep each call's transcript (JSONL) and both audio sides (WAV)",
+    )
+
+
+def bot_config(args: argparse.Namespace) -> BotConfig:
+    """The bot configuration: the file (if any), then the command line on top."""
+    config = load_config(args.config)
+    return config.with_overrides(
+        llm={"backend": args.llm, "url": args.llm_url, "model": args.llm_model}
+    )
+
+
+def make_bot(args: argparse.Namespace) -> Bot:
+    if args.bot == "parrot":
         from .parrot import ParrotBot
 
-        return ParrotBot()
-    raise ValueError(f"unknown bot {name!r}")
+        return ParrotBot(jitter=bot_config(args).jitter)
+    from .voicebot import VoiceBot
+
+    return VoiceBot(bot_config(args), record_dir=args.record)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,6 +99,11 @@ def main(args: argparse.Namespace) -> int:
         print("voicegraph serve: --keyfile needs --certfile", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
+    try:
+        bot = make_bot(args)
+    except ConfigError as exc:
+        print(f"voicegraph serve: {exc}", file=sys.stderr)
+        return 2
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -58,8 +114,36 @@ def main(args: argparse.Namespace) -> int:
         inactivity_timeout=args.inactivity_timeout,
         redact=args.redact,
     )
-    trio.run(serve_until_signalled, config, make_bot(args.bot))
+    message = run_reporting_startup_errors(serve_until_signalled, config, bot)
+    if message:
+        print(f"voicegraph serve: {message}", file=sys.stderr)
+        return 2
     return 0
+
+
+STARTUP_ERRORS = (ConfigError, VadError, SttError, TtsError, LlmError, OSError)
+
+
+def run_reporting_startup_errors(function, *args: object) -> str | None:
+    """Run ``function`` under Trio; a model or config that cannot be used at start-up
+    (missing file, bad value, port in use) becomes one clear line instead of a traceback."""
+    try:
+        trio.run(function, *args)
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(STARTUP_ERRORS)
+        if matched is None or rest is not None:
+            raise
+        return "; ".join(str(exc) for exc in _leaves(matched))
+    except STARTUP_ERRORS as exc:
+        return str(exc)
+    return None
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 async def serve_until_signalled(config: ServerConfig, bot: Bot) -> None:

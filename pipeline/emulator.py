@@ -183,6 +183,14 @@ class EmulatedCall:
                     return audio
             await self._wait_change()
 
+    async def wait_for_greeting(self) -> BotAudio:
+        """The bot's ``greeting`` audio (wrap in a timeout: a bot need not send one)."""
+        while True:
+            for audio in self.received:
+                if audio.kind == "greeting":
+                    return audio
+            await self._wait_change()
+
     async def wait_closed(self) -> int:
         """Wait until the bot closes the call; return its close code."""
         await self._closed.wait()

@@ -6,6 +6,8 @@ jitter buffer → μ-law decode → energy gate → μ-law encode → WAV → me
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +29,10 @@ class ParrotBot:
     jitter: JitterConfig = field(default_factory=JitterConfig)
     finished: list[dict[str, Any]] = field(default_factory=list)
 
-    async def setup(self) -> None:
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
         mulaw.warm_up()
+        yield
 
     async def handle_call(self, call: Call) -> None:
         stages = (

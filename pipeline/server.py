@@ -122,7 +122,10 @@ class VoiceStreamServer:
         self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Listen until :meth:`shutdown`, then close every call with 1001 and return."""
-        await self.bot.setup()
+        async with self.bot.serving():
+            await self._serve(task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[WebSocketServer]) -> None:
         ssl_context = None
         if self.config.certfile:
             ssl_context = make_ssl_context(self.config.certfile, self.config.keyfile)
@@ -157,7 +160,7 @@ class VoiceStreamServer:
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one call over an already-open byte stream (any transport, or a test's
-        in-memory stream). The bot must have been set up (``await bot.setup()``)."""
+        in-memory stream), inside the bot's ``serving()`` context."""
         async with trio.open_nursery() as nursery:
             request = await wrap_server_stream(
                 nursery, stream, max_message_size=self.config.max_message_size

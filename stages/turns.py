@@ -30,7 +30,7 @@ How a turn is found (all times in :class:`TurnConfig`):
   If the caller goes on, :class:`SpeechResumed` says to drop that work; otherwise the
   :class:`SpeechSegment` follows at ``min_silence_ms`` and commits it. Nothing is
   decided earlier than without it: only the work starts earlier. An
-  ``early_silence_ms`` not shorter than the hangover (or None) never fires.
+  ``early_silence_ms`` not shorter than the hangover (or 0, or None) never fires.
 
 Barge-in: while the bot is speaking (``BotSpeech.speaking``, a flag the turn manager
 sets around playback), a stricter gate applies: ``barge_in_min_speech_ms`` (default
@@ -99,8 +99,8 @@ class TurnConfig:
         for name in ("min_speech_ms", "min_silence_ms", "preroll_ms", "postroll_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        if self.early_silence_ms is not None and self.early_silence_ms <= 0:
-            raise ValueError("early_silence_ms must be positive, or None to disable it")
+        if self.early_silence_ms is not None and self.early_silence_ms < 0:
+            raise ValueError("early_silence_ms must be >= 0 (0 or None disables it)")
 
 
 class BotSpeech:
@@ -157,7 +157,13 @@ class SpeechSegment(Utterance):
 
     speech_start: int
     speech_end: int
+    decided_sample: int = 0  # end of the window whose arrival decided it (``captured_at``)
     forced: bool = False  # cut at max_utterance_s, not at a pause
+
+    def time_of(self, sample: int) -> float:
+        """Trio-clock time at which ``sample`` of the call's audio arrived (estimated from
+        the deciding window, since playout after the jitter buffer runs in real time)."""
+        return self.captured_at - (self.decided_sample - sample) / self.sample_rate
 
 
 @dataclass(slots=True, kw_only=True)
@@ -283,7 +289,7 @@ class Endpointer:
         elif (
             self._active
             and not self._paused
-            and config.early_silence_ms is not None
+            and config.early_silence_ms
             and silent_for >= self._ms(config.early_silence_ms, rate)
         ):
             self._paused = True
@@ -355,6 +361,7 @@ class Endpointer:
             sample_rate=rate,
             speech_start=onset,
             speech_end=speech_end,
+            decided_sample=frame.end_sample,
             forced=forced,
             captured_at=frame.captured_at,
         )

@@ -169,7 +169,6 @@ async def test_no_registration_within_10_seconds_closes_1008(nursery, autojump_c
 
 async def test_five_minutes_without_a_message_closes_the_call(nursery, autojump_clock):
     server = VoiceStreamServer(ServerConfig(), ParrotBot())
-    await server.bot.setup()
     ws = await connect_in_memory(nursery, server)
     client = ClientProtocol("idle-call", "9876543210")
     await ws.send_message(client.connect())

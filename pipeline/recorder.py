@@ -1,0 +1,131 @@
+"""``--record DIR``: what each call said and sounded like, for review and tuning.
+
+Per call, in ``DIR/<callId>/``:
+
+- ``transcript.jsonl``: one line per caller turn and per bot reply (role, text,
+  start/end seconds on the call's timeline, per-stage latencies, STT confidence,
+  interrupted flag), written as each turn ends, so a crash loses nothing said before.
+- ``caller.wav``: the caller's audio after the jitter buffer (streamed to disk).
+- ``bot.wav``: the bot's speech placed where the platform played it on the same
+  timeline, cut where a barge-in stopped it: play both side by side to hear the call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+import soundfile
+
+from stages import mulaw
+
+from .frames import PcmAudio
+from .speaking import PlayedPiece
+from .stage import Stage
+
+if TYPE_CHECKING:
+    from .conversation import Conversation, TurnRecord
+
+__all__ = ["CallRecorder"]
+
+RATE = 8000
+
+
+class _CallerTap(Stage[PcmAudio, PcmAudio]):
+    """Passes caller audio on unchanged, writing it to ``caller.wav`` as it goes."""
+
+    name = "recorder"
+
+    def __init__(self, recorder: CallRecorder) -> None:
+        super().__init__()
+        self._recorder = recorder
+
+    def process(self, item: PcmAudio) -> Iterable[PcmAudio]:
+        self._recorder.caller_audio(item)
+        return (item,)
+
+
+class CallRecorder:
+    """Writes one call's transcript and audio under its own folder."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._transcript: TextIO = (directory / "transcript.jsonl").open("a", encoding="utf-8")
+        self._caller = soundfile.SoundFile(
+            directory / "caller.wav", "w", samplerate=RATE, channels=1, subtype="PCM_16"
+        )
+        self._origin: float | None = None  # Trio time of the caller's sample 0
+        self._bot: list[tuple[bytes, PlayedPiece]] = []
+
+    @classmethod
+    def for_call(cls, root: Path, call_id: str) -> CallRecorder:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id) or "call"
+        return cls(Path(root) / safe)
+
+    def caller_tap(self) -> Stage[PcmAudio, PcmAudio]:
+        return _CallerTap(self)
+
+    def attach(self, conversation: Conversation) -> None:
+        conversation.observers.append(self.turn)
+        conversation.bot_audio_observers.append(self.bot_audio)
+
+    def caller_audio(self, frame: PcmAudio) -> None:
+        if self._origin is None:
+            self._origin = frame.captured_at - frame.end_sample / frame.sample_rate
+        self._caller.write(frame.samples)
+
+    def bot_audio(self, audio: bytes, piece: PlayedPiece) -> None:
+        self._bot.append((audio, piece))
+
+    def _seconds(self, at: float) -> float | None:
+        return None if self._origin is None else round(at - self._origin, 3)
+
+    def turn(self, record: TurnRecord) -> None:
+        lines: list[dict[str, Any]] = []
+        if record.caller_text:
+            lines.append(
+                {
+                    "turn": record.index,
+                    "role": "caller",
+                    "text": record.caller_text,
+                    "start": record.caller_start_s,
+                    "end": record.caller_end_s,
+                    "stt_confidence": record.stt_confidence,
+                }
+            )
+        started, ended = record.bot_started_at, record.bot_ended_at
+        lines.append(
+            {
+                "turn": record.index,
+                "role": "bot",
+                "text": record.heard_text,
+                "reply_text": record.reply_text,
+                "start": self._seconds(started) if started is not None else None,
+                "end": self._seconds(ended) if ended is not None else None,
+                "interrupted": record.interrupted,
+                "llm_failed": record.llm_failed,
+                "latency_ms": record.timings_ms,
+            }
+        )
+        for line in lines:
+            self._transcript.write(json.dumps(line) + "\n")
+        self._transcript.flush()
+
+    def close(self) -> None:
+        self._caller.close()
+        self._transcript.close()
+        if not self._bot or self._origin is None:
+            return
+        placed = []
+        for audio, piece in self._bot:
+            start = max(0, round((piece.starts - self._origin) * RATE))
+            heard = max(0, round((piece.ends - piece.starts) * RATE))
+            placed.append((start, mulaw.decode(audio)[:heard]))
+        track = np.zeros(max(start + len(samples) for start, samples in placed), dtype=np.int16)
+        for start, samples in placed:
+            track[start : start + len(samples)] = samples
+        soundfile.write(self.directory / "bot.wav", track, RATE, subtype="PCM_16")

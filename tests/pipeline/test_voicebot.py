@@ -1,0 +1,147 @@
+"""The voice bot over a real WebSocket with real VAD, STT and TTS.
+
+The LLM is the deterministic echo fake (named so in stages.llm) except in the one
+test that runs the bundled SmolLM2, so what the bot says can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import trio
+
+from benchmarks.speech_corpus import speech
+from pipeline.botconfig import BotConfig, ConversationConfig
+from pipeline.emulator import converse, open_call
+from pipeline.server import ServerConfig, VoiceStreamServer
+from pipeline.voicebot import VoiceBot
+from stages.llm import EchoLlm, LlmBackend
+
+LONG_REPLY = (
+    "You said {text}. Let me tell you about our opening hours, our bread, our cakes and "
+    "everything else we bake every single morning of the week, starting very early. "
+    "We also deliver to the whole town, and we take orders by phone for birthdays, weddings "
+    "and every other celebration you can think of, large or small."
+)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+@asynccontextmanager
+async def voice_bot(
+    llm: LlmBackend | None, **conversation: object
+) -> AsyncIterator[tuple[VoiceBot, str]]:
+    """A voice bot on a free port; ``llm=None`` means the configured default (local).
+    Leaving the block shuts the server down, which waits for every call to end."""
+    config = BotConfig(conversation=ConversationConfig(**conversation))
+    bot = VoiceBot(config, llm=llm)
+    server = VoiceStreamServer(ServerConfig(port=0), bot)
+    async with trio.open_nursery() as nursery:
+        ws_server = await nursery.start(server.serve)
+        yield bot, f"ws://127.0.0.1:{ws_server.port}/"
+        server.shutdown()
+
+
+def caller(text: str) -> np.ndarray:
+    return speech(text)
+
+
+async def test_greeting_is_sent_as_the_greeting_event():
+    greeting_text = "Good morning, this is the bakery."
+    with trio.fail_after(30):
+        async with voice_bot(EchoLlm(), greeting=greeting_text) as (bot, url):
+            async with open_call(url) as call:
+                greeting = await call.wait_for_greeting()
+    assert greeting.duration > 1.0
+    assert bot.greeting is not None
+    assert bot.greeting[1] == greeting.mulaw  # made once at start-up, sent as is
+
+
+async def test_caller_sentence_comes_back_in_the_reply():
+    sentence = "Please book a table for four people tonight."
+    with trio.fail_after(60):
+        async with voice_bot(EchoLlm(), greeting="") as (bot, url), open_call(url) as call:
+            (report,) = await converse(call, [("booking", caller(sentence))], pause=0.3)
+    assert report.bot_messages >= 1
+    assert report.voice_to_voice_ms is not None
+    ((_, turns),) = bot.finished
+    (turn,) = turns
+    assert words(turn.caller_text) == words(sentence)
+    assert turn.heard_text == f"You said: {turn.caller_text}"
+    assert not turn.interrupted
+    for stage in ("endpointing", "stt", "llm_first_token", "tts_first_chunk", "first_send"):
+        assert stage in turn.timings_ms
+
+
+async def test_barge_in_interrupts_cancels_and_truncates_history():
+    with trio.fail_after(90):
+        async with voice_bot(EchoLlm(LONG_REPLY), greeting="") as (bot, url):
+            async with open_call(url) as call:
+                spoken = await call.speak(caller("What are your opening hours?"))
+                await call.wait_for_bot_audio(spoken.speech_end_at)
+                await trio.sleep(1.0)  # the bot is talking
+                barged = await call.speak(caller("Sorry, I only wanted to know about Sunday."))
+                await call.wait_for_bot_audio(barged.speech_end_at)  # the answer to it
+                await trio.sleep(0.5)
+    assert len(call.interrupts) == 1
+    interrupt = call.interrupts[0]
+    assert barged.started_at < interrupt < barged.speech_end_at  # while the caller talked
+    ((_, turns),) = bot.finished
+    first = turns[0]
+    assert first.interrupted
+    full = LONG_REPLY.format(text=first.caller_text)
+    assert 0 < len(first.heard_text) < len(full) / 2  # only what the caller heard is kept
+    assert full.startswith(first.heard_text.rstrip("."))
+    # the reply was cancelled: after the interrupt, bot audio only comes for the next turn
+    after = [a for a in call.received if a.kind == "media" and a.received_at > interrupt]
+    assert after
+    assert all(audio.received_at > barged.speech_end_at for audio in after)
+    assert words(turns[1].caller_text)[:3] == ["sorry", "i", "only"]
+
+
+async def test_half_duplex_bot_is_not_interrupted():
+    with trio.fail_after(90):
+        async with voice_bot(EchoLlm(LONG_REPLY), greeting="", barge_in=False) as (bot, url):
+            async with open_call(url) as call:
+                spoken = await call.speak(caller("What are your opening hours?"))
+                await call.wait_for_bot_audio(spoken.speech_end_at)
+                await trio.sleep(1.0)
+                await call.speak(caller("Sorry, I only wanted to know about Sunday."))
+                await trio.sleep(1.0)
+    assert call.interrupts == []
+    ((_, turns),) = bot.finished
+    assert not turns[0].interrupted
+
+
+async def test_llm_failure_speaks_the_fallback_and_the_call_goes_on():
+    fallback = "Sorry, I am having trouble answering right now."
+    turns_spoken = [("one", caller("Is the shop open today?")), ("two", caller("Hello again."))]
+    with trio.fail_after(90):
+        async with (
+            voice_bot(EchoLlm(fail_after_words=0), greeting="", fallback_line=fallback) as (
+                bot,
+                url,
+            ),
+            open_call(url) as call,
+        ):
+            reports = await converse(call, turns_spoken, pause=0.3)
+    assert all(report.bot_messages >= 1 for report in reports)
+    ((_, turns),) = bot.finished
+    assert [turn.llm_failed for turn in turns] == [True, True]
+    assert all(turn.heard_text == fallback for turn in turns)
+
+
+async def test_real_local_llm_answers_with_speech():
+    """The bundled SmolLM2-135M through llama.cpp: one short turn."""
+    with trio.fail_after(120):
+        async with voice_bot(None, greeting="") as (bot, url), open_call(url) as call:
+            (report,) = await converse(call, [("q", caller("What is your name?"))], pause=0.3)
+    assert report.bot_audio_seconds > 0.3
+    ((_, turns),) = bot.finished
+    assert turns[0].reply_text.strip()
+    assert not turns[0].llm_failed
