@@ -56,6 +56,9 @@ def demo_turns() -> list[tuple[str, str, np.ndarray]]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.config is None:
+        with resources.as_file(DEMO_AUDIO / "bot.toml") as path:
+            args.config = path  # the bakery the demo caller phones
     try:
         bot = make_bot(args)
     except ConfigError as exc:
