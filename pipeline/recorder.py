@@ -6,8 +6,11 @@ Per call, in ``DIR/<callId>/``:
   start/end seconds on the call's timeline, per-stage latencies, STT confidence,
   interrupted flag), written as each turn ends, so a crash loses nothing said before.
 - ``caller.wav``: the caller's audio after the jitter buffer (streamed to disk).
-- ``bot.wav``: the bot's speech placed where the platform played it on the same
-  timeline, cut where a barge-in stopped it: play both side by side to hear the call.
+- ``bot.wav``: the bot's speech placed where the platform played it, cut where a
+  barge-in stopped it.
+
+Everything is on one timeline: seconds since the call was registered. Both WAVs
+start there, so played side by side (or mixed) they sound like the call.
 """
 
 from __future__ import annotations
@@ -51,20 +54,21 @@ class _CallerTap(Stage[PcmAudio, PcmAudio]):
 class CallRecorder:
     """Writes one call's transcript and audio under its own folder."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, origin: float) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._transcript: TextIO = (directory / "transcript.jsonl").open("a", encoding="utf-8")
         self._caller = soundfile.SoundFile(
             directory / "caller.wav", "w", samplerate=RATE, channels=1, subtype="PCM_16"
         )
-        self._origin: float | None = None  # Trio time of the caller's sample 0
+        self._origin = origin  # Trio time of the call's start: 0 s on the timeline
+        self._caller_offset: int | None = None  # caller sample 0, in samples from the origin
         self._bot: list[tuple[bytes, PlayedPiece]] = []
 
     @classmethod
-    def for_call(cls, root: Path, call_id: str) -> CallRecorder:
+    def for_call(cls, root: Path, call_id: str, origin: float) -> CallRecorder:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id) or "call"
-        return cls(Path(root) / safe)
+        return cls(Path(root) / safe, origin)
 
     def caller_tap(self) -> Stage[PcmAudio, PcmAudio]:
         return _CallerTap(self)
@@ -74,15 +78,23 @@ class CallRecorder:
         conversation.bot_audio_observers.append(self.bot_audio)
 
     def caller_audio(self, frame: PcmAudio) -> None:
-        if self._origin is None:
-            self._origin = frame.captured_at - frame.end_sample / frame.sample_rate
+        if self._caller_offset is None:
+            first_sample_at = frame.captured_at - frame.end_sample / frame.sample_rate
+            self._caller_offset = max(0, round((first_sample_at - self._origin) * RATE))
+            self._caller.write(np.zeros(self._caller_offset, dtype=np.int16))
         self._caller.write(frame.samples)
 
     def bot_audio(self, audio: bytes, piece: PlayedPiece) -> None:
         self._bot.append((audio, piece))
 
-    def _seconds(self, at: float) -> float | None:
-        return None if self._origin is None else round(at - self._origin, 3)
+    def _seconds(self, at: float | None) -> float | None:
+        return None if at is None else round(at - self._origin, 3)
+
+    def _caller_seconds(self, position_s: float | None) -> float | None:
+        """A position in the caller's audio (seconds from its sample 0) on the timeline."""
+        if position_s is None:
+            return None
+        return round(position_s + (self._caller_offset or 0) / RATE, 3)
 
     def turn(self, record: TurnRecord) -> None:
         lines: list[dict[str, Any]] = []
@@ -92,20 +104,19 @@ class CallRecorder:
                     "turn": record.index,
                     "role": "caller",
                     "text": record.caller_text,
-                    "start": record.caller_start_s,
-                    "end": record.caller_end_s,
+                    "start": self._caller_seconds(record.caller_start_s),
+                    "end": self._caller_seconds(record.caller_end_s),
                     "stt_confidence": record.stt_confidence,
                 }
             )
-        started, ended = record.bot_started_at, record.bot_ended_at
         lines.append(
             {
                 "turn": record.index,
                 "role": "bot",
                 "text": record.heard_text,
                 "reply_text": record.reply_text,
-                "start": self._seconds(started) if started is not None else None,
-                "end": self._seconds(ended) if ended is not None else None,
+                "start": self._seconds(record.bot_started_at),
+                "end": self._seconds(record.bot_ended_at),
                 "interrupted": record.interrupted,
                 "llm_failed": record.llm_failed,
                 "latency_ms": record.timings_ms,
@@ -118,7 +129,7 @@ class CallRecorder:
     def close(self) -> None:
         self._caller.close()
         self._transcript.close()
-        if not self._bot or self._origin is None:
+        if not self._bot:
             return
         placed = []
         for audio, piece in self._bot:

@@ -147,7 +147,9 @@ class VoiceBot:
             greeting=self.greeting,
             llm_timeout=self.config.llm.timeout_s,
         )
-        recorder = CallRecorder.for_call(self.record_dir, call.call_id) if self.record_dir else None
+        recorder = None
+        if self.record_dir is not None:
+            recorder = CallRecorder.for_call(self.record_dir, call.call_id, call.started_at)
         stages = [RtpDepacketizer(), JitterStage(self.config.jitter), mulaw.MulawDecoder()]
         if recorder is not None:
             stages.append(recorder.caller_tap())

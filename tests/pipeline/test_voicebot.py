@@ -6,11 +6,13 @@ test that runs the bundled SmolLM2, so what the bot says can be asserted exactly
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import numpy as np
+import soundfile
 import trio
 
 from benchmarks.speech_corpus import speech
@@ -145,3 +147,41 @@ async def test_real_local_llm_answers_with_speech():
     ((_, turns),) = bot.finished
     assert turns[0].reply_text.strip()
     assert not turns[0].llm_failed
+
+
+async def test_record_keeps_transcript_and_both_sides(tmp_path):
+    config = BotConfig(conversation=ConversationConfig(greeting="Hello there."))
+    bot = VoiceBot(config, llm=EchoLlm(), record_dir=tmp_path)
+    server = VoiceStreamServer(ServerConfig(port=0), bot)
+    sentence = "Please book a table for two."
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            ws_server = await nursery.start(server.serve)
+            async with open_call(f"ws://127.0.0.1:{ws_server.port}/", call_id="rec-1") as call:
+                await call.wait_for_greeting()
+                await call.listen_until_quiet(0.3)
+                await converse(call, [("booking", caller(sentence))], pause=0.3)
+            server.shutdown()
+    folder = tmp_path / "rec-1"
+    lines = [json.loads(line) for line in (folder / "transcript.jsonl").read_text().splitlines()]
+    roles = [(line["turn"], line["role"]) for line in lines]
+    assert roles == [(0, "bot"), (1, "caller"), (1, "bot")]
+    assert lines[0]["text"] == "Hello there."
+    assert words(lines[1]["text"]) == words(sentence)
+    assert lines[2]["text"] == f"You said: {lines[1]['text']}"
+    assert lines[2]["interrupted"] is False
+    assert "first_send" in lines[2]["latency_ms"]
+    assert lines[0]["start"] < lines[0]["end"] < lines[1]["start"]  # the greeting came first
+    assert lines[1]["end"] < lines[2]["start"] < lines[2]["end"]
+    caller_audio, rate = soundfile.read(str(folder / "caller.wav"), dtype="int16")
+    bot_audio, _ = soundfile.read(str(folder / "bot.wav"), dtype="int16")
+    assert rate == 8000
+
+    def span(audio: np.ndarray, line: dict) -> np.ndarray:
+        return np.abs(audio[int(line["start"] * 8000) : int(line["end"] * 8000)])
+
+    # both sides on one timeline: each voice where the transcript says it spoke
+    assert span(bot_audio, lines[0]).mean() > 300  # the greeting
+    assert span(bot_audio, lines[2]).mean() > 300  # the reply
+    assert span(bot_audio, lines[1]).max() == 0  # the bot is silent while the caller talks
+    assert span(caller_audio, lines[1]).mean() > 300

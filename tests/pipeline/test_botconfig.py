@@ -1,0 +1,88 @@
+"""bot.toml: every section optional, every mistake named."""
+
+import pytest
+
+from pipeline.botconfig import BotConfig, ConfigError, load_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "bot.toml"
+    path.write_text(text)
+    return path
+
+
+def test_no_file_means_the_defaults():
+    assert load_config(None) == BotConfig()
+
+
+def test_every_section_is_read(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            """
+[bot]
+system_prompt = "Be brief."
+greeting = ""
+barge_in = false
+[llm]
+backend = "openai"
+url = "http://127.0.0.1:9000"
+model = "qwen"
+max_tokens = 50
+[tts]
+voice = "/voices/amy.onnx"
+length_scale = 1.2
+[stt]
+model = "small.en"
+[vad]
+model = "/models/vad.onnx"
+[turns]
+min_silence_ms = 500
+early_silence_ms = 0
+[jitter]
+max_delay = 0.2
+""",
+        )
+    )
+    assert config.conversation.system_prompt == "Be brief."
+    assert config.conversation.barge_in is False
+    assert (config.llm.backend, config.llm.model, config.llm.max_tokens) == ("openai", "qwen", 50)
+    assert config.models.tts_voice == "/voices/amy.onnx"
+    assert config.models.tts_length_scale == 1.2
+    assert config.models.stt_model == "small.en"
+    assert config.models.vad_model == "/models/vad.onnx"
+    assert config.turns.min_silence_ms == 500
+    assert config.turns.early_silence_ms == 0
+    assert config.turns.threshold == BotConfig().turns.threshold  # untouched keys keep defaults
+    assert config.jitter.max_delay == 0.2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[bots]\nx = 1", "unknown section"),
+        ("[bot]\nsystem_promt = 'x'", "unknown key.*system_promt"),
+        ("[tts]\nmodel = 'x'", "unknown key.*model.*\\[tts\\]"),
+        ("[bot]\nbarge_in = 'yes'", "barge_in must be true or false"),
+        ("[turns]\nmin_silence_ms = 'long'", "min_silence_ms must be a number"),
+        ("[llm]\nmodel = 3", "model must be a string"),
+        ("[turns]\nthreshold = 0.2\nrelease_threshold = 0.5", "release_threshold"),
+        ("[bot\n", "not valid TOML"),
+        ("bot = 3", "must be a table"),
+    ],
+)
+def test_mistakes_are_named(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read bot config"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_command_line_overrides_the_file(tmp_path):
+    config = load_config(write(tmp_path, '[llm]\nbackend = "openai"\nurl = "http://a"'))
+    changed = config.with_overrides(llm={"backend": "echo", "url": None, "model": None})
+    assert changed.llm.backend == "echo"
+    assert changed.llm.url == "http://a"  # None means "not given on the command line"
