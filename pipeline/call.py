@@ -9,16 +9,18 @@ goes through the call so the sans-IO protocol decides the bytes on the wire.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
 from .frames import RawPacket
+from .graph import RunningChain, open_chain
 from .inbound import Inbound
 from .logs import CallLogger
+from .stage import Stage
 
 __all__ = ["Bot", "Call", "CallStatistics"]
 
@@ -99,6 +101,29 @@ class Call:
         self.stats.skipped_reasons[reason] = self.stats.skipped_reasons.get(reason, 0) + 1
 
     # --- bot side ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_pipeline(
+        self, *stages: Stage[Any, Any], **options: Any
+    ) -> AsyncIterator[RunningChain]:
+        """Run ``stages`` on the caller's packets, fed straight from the socket reader.
+
+        The chain's inbound edge replaces ``call.media``: its leading pure transforms (the
+        RTP depacketizer) run in the reader's task, packets already waiting are handed
+        over first, and its counters join the call's statistics.
+        """
+        async with open_chain(*stages, **options) as chain:
+            assert chain.inbound is not None
+            while True:
+                try:
+                    chain.inbound.send_nowait(self.media.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            if self._inbound.closed:
+                chain.inbound.close()
+            self._inbound = chain.inbound
+            self.attach_statistics(chain.statistics)
+            yield chain
 
     async def send_speech(self, mulaw: bytes) -> None:
         """Send one utterance of bot speech (μ-law 8 kHz) as complete WAV chunk(s)."""

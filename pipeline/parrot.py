@@ -18,7 +18,6 @@ from stages.playout import JitterStage
 from stages.rtp import RtpDepacketizer
 
 from .call import Call
-from .graph import open_chain
 
 __all__ = ["ParrotBot"]
 
@@ -41,8 +40,7 @@ class ParrotBot:
             mulaw.MulawDecoder(),
             EnergySegmenter(self.gate),
         )
-        async with open_chain(*stages, source=call.media) as chain:
-            call.attach_statistics(chain.statistics)
+        async with call.open_pipeline(*stages) as chain:
             async for utterance in chain.outputs:
                 call.log.info(
                     "utterance",

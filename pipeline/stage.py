@@ -9,19 +9,25 @@ belongs to (wrapped in :class:`StageFailed`, naming the stage), never the proces
 Most stages only transform items one at a time: they override :meth:`Stage.process`
 (and :meth:`Stage.finish` to flush at end of input). Stages that need time, threads or
 several outputs per wake-up override :meth:`Stage.run` instead.
+
+A stage that only transforms (``process`` without its own ``run``) may be run
+*inline*: by the task that feeds it, right where that task sends, instead of by a
+task of its own behind a channel. At 50 packets a second per call, each channel
+hop costs 10-17 µs of CPU per packet; inline stages keep everything else of the
+contract (set-up before start, flush at end of input, stamps, counters, StageFailed).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import trio
 
 from .frames import Frame
 
-__all__ = ["Outbox", "Stage", "StageFailed", "run_stage"]
+__all__ = ["InlineStages", "Outbox", "Stage", "StageFailed", "run_stage"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -36,30 +42,88 @@ class StageFailed(Exception):
         self.stage = stage
 
 
+def _stamp(item: object, stage_name: str, now: float) -> None:
+    if isinstance(item, Frame):
+        item.stamp(stage_name, now)
+
+
+class InlineStages:
+    """Process-only stages run by the task that feeds them, in order, without a hop."""
+
+    __slots__ = ("stages",)
+
+    def __init__(self, stages: Sequence[Stage[Any, Any]] = ()) -> None:
+        self.stages = tuple(stages)
+
+    def __bool__(self) -> bool:
+        return bool(self.stages)
+
+    def through(self, item: Any, start: int = 0) -> list[Any]:
+        """``item`` after ``stages[start:]``: zero or more items, each stamped by each stage."""
+        items = [item]
+        now = trio.current_time()
+        for stage in self.stages[start:]:
+            produced: list[Any] = []
+            for each in items:
+                try:
+                    outputs = stage.process(each)
+                    for output in outputs:
+                        _stamp(output, stage.name, now)
+                        produced.append(output)
+                except Exception as exc:
+                    raise StageFailed(stage.name) from exc
+            items = produced
+            if not items:
+                break
+        return items
+
+    def finish(self) -> list[Any]:
+        """End of input: each stage's flushed items, carried through the stages after it."""
+        items: list[Any] = []
+        for index, stage in enumerate(self.stages):
+            try:
+                flushed = list(stage.finish())
+            except Exception as exc:
+                raise StageFailed(stage.name) from exc
+            now = trio.current_time()
+            for output in flushed:
+                _stamp(output, stage.name, now)
+                items.extend(self.through(output, index + 1))
+        return items
+
+
 class Outbox(Generic[T]):
-    """A stage's output: stamps every frame with the stage's name and the time it left."""
+    """A stage's output: stamps every frame with the stage's name and the time it left,
+    then runs it through the inline stages that follow (if any) before the channel."""
 
-    __slots__ = ("_channel", "sent", "stage_name")
+    __slots__ = ("_channel", "inline", "sent", "stage_name")
 
-    def __init__(self, channel: trio.MemorySendChannel[T], stage_name: str) -> None:
+    def __init__(
+        self,
+        channel: trio.MemorySendChannel[T],
+        stage_name: str,
+        inline: InlineStages | None = None,
+    ) -> None:
         self._channel = channel
         self.stage_name = stage_name
+        self.inline = inline or InlineStages()
         self.sent = 0
 
-    def _stamp(self, item: T) -> None:
-        if isinstance(item, Frame):
-            item.stamp(self.stage_name, trio.current_time())
-
     async def send(self, item: T) -> None:
-        self._stamp(item)
-        await self._channel.send(item)
-        self.sent += 1
+        _stamp(item, self.stage_name, trio.current_time())
+        if not self.inline:
+            await self._channel.send(item)
+            self.sent += 1
+            return
+        for output in self.inline.through(item):
+            await self._channel.send(output)
+            self.sent += 1
 
-    def send_nowait(self, item: T) -> None:
-        """Send without waiting; raises ``trio.WouldBlock`` when the next stage is full."""
-        self._stamp(item)
-        self._channel.send_nowait(item)
-        self.sent += 1
+    async def flush_inline(self) -> None:
+        """The inline stages' end-of-input outputs (the host stage has finished)."""
+        for output in self.inline.finish():
+            await self._channel.send(output)
+            self.sent += 1
 
 
 def _snake_case(name: str) -> str:
@@ -93,6 +157,11 @@ class Stage(Generic[In, Out]):
         """Counters worth exposing (drops, skips, concealments). Override to add yours."""
         return {}
 
+    @property
+    def can_run_inline(self) -> bool:
+        """True for a pure transform (``process`` without its own ``run``)."""
+        return type(self).run is Stage.run
+
     async def run(self, inbox: trio.MemoryReceiveChannel[In], outbox: Outbox[Out]) -> None:
         """Consume ``inbox`` until it closes. The default drives process()/finish()."""
         async for item in inbox:
@@ -105,22 +174,27 @@ class Stage(Generic[In, Out]):
 async def run_stage(
     stage: Stage[In, Out],
     inbox: trio.MemoryReceiveChannel[In],
-    output: trio.MemorySendChannel[Out],
+    output: trio.MemorySendChannel[Any],
     *,
+    inline: InlineStages | None = None,
     task_status: trio.TaskStatus[Outbox[Out]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one stage as a task: set up, report started, run, close its output when done.
 
     Closing the output when the stage returns is what lets an end of input ripple
-    down a chain, each stage flushing on the way.
+    down a chain, each stage flushing on the way. ``inline`` stages run in this task
+    on everything the stage sends (they are set up by whoever built the chain).
     """
     # Close synchronously: an async close checkpoints, and a cancellation arriving
     # there would replace (and so lose) the exception that is on its way out.
     with inbox, output:
-        outbox = Outbox(output, stage.name)
+        outbox: Outbox[Out] = Outbox(output, stage.name, inline)
         try:
             await stage.setup()
             task_status.started(outbox)
             await stage.run(inbox, outbox)
+            await outbox.flush_inline()
+        except StageFailed:
+            raise
         except Exception as exc:
             raise StageFailed(stage.name) from exc

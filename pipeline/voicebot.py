@@ -34,7 +34,6 @@ from stages.wav import WavError, mulaw_from_wav
 from .botconfig import BotConfig, ConfigError, LlmConfig
 from .call import Call
 from .conversation import Conversation, TurnRecord
-from .graph import open_chain
 from .recorder import CallRecorder
 from .speaking import Playout
 
@@ -157,8 +156,7 @@ class VoiceBot:
         stages += [VadStage(services.vad), TurnStage(self.config.turns, bot=playout.bot)]
         self.conversations[call.call_id] = conversation
         try:
-            async with open_chain(*stages, source=call.media) as chain:
-                call.attach_statistics(chain.statistics)
+            async with call.open_pipeline(*stages) as chain:
                 await conversation.run(chain.outputs)
         finally:
             self.conversations.pop(call.call_id, None)

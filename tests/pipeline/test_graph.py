@@ -60,18 +60,20 @@ async def collect(channel: trio.MemoryReceiveChannel) -> list:
     return [item async for item in channel]
 
 
-async def test_closing_input_flushes_every_stage_in_order():
-    async with open_chain(Double(), PairUp()) as chain:
+@pytest.mark.parametrize("fuse", [True, False])
+async def test_closing_input_flushes_every_stage_in_order(fuse):
+    async with open_chain(Double(), PairUp(), fuse=fuse) as chain:
         for value in range(5):
             assert chain.inbound.send_nowait(value)
         await chain.inbound.aclose()
         assert await collect(chain.outputs) == [(0, 2), (4, 6), (8,)]
 
 
-@pytest.mark.parametrize("attempt", range(20))  # trio shuffles scheduling: try many orders
-async def test_stage_exception_names_the_stage(attempt):
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("attempt", range(10))  # trio shuffles scheduling: try many orders
+async def test_stage_exception_names_the_stage(attempt, fuse):
     with pytest.RaisesGroup(pytest.RaisesExc(StageFailed, match="explode")):
-        async with open_chain(Explode(), Double()) as chain:
+        async with open_chain(Explode(), Double(), fuse=fuse) as chain:
             for value in range(5):
                 chain.inbound.send_nowait(value)
             await collect(chain.outputs)
@@ -94,12 +96,61 @@ async def test_leaving_the_block_cancels_stages_still_running():
 
 
 async def test_inbound_never_blocks_and_counts_drops():
-    async with open_chain(Double(), inbound_capacity=2, link_capacity=1) as chain:
+    async with open_chain(Double(), inbound_capacity=2, link_capacity=1, fuse=False) as chain:
         accepted = [chain.inbound.send_nowait(value) for value in range(10)]
         stats = chain.inbound.statistics()
         # the first item goes straight to the waiting stage, the next two fill the buffer
         assert accepted.count(True) == stats.accepted == 3
         assert stats.dropped_full == stats.dropped == 7
+
+
+async def test_inline_stages_run_in_the_senders_task_and_still_count_drops():
+    async with open_chain(Double(), inbound_capacity=2) as chain:
+        accepted = [chain.inbound.send_nowait(value) for value in range(10)]
+        stats = chain.inbound.statistics()
+        # Double ran inline: its outputs wait in the channel, nobody has read them yet
+        assert accepted.count(True) == stats.accepted == 2
+        assert stats.dropped_full == 8
+        assert [await chain.outputs.receive() for _ in range(2)] == [0, 2]
+        assert "buffered" not in chain.statistics()["double"]  # no task, no link of its own
+
+
+async def test_inline_stages_after_a_task_stage_flush_in_order(autojump_clock):
+    class Hold(Stage[int, int]):
+        """A task stage that releases everything at end of input."""
+
+        async def run(self, inbox, outbox):
+            held = [item async for item in inbox]
+            for item in held:
+                await outbox.send(item)
+
+    async with open_chain(Hold(), Double(), PairUp()) as chain:
+        for value in range(3):
+            chain.inbound.send_nowait(value)
+        await chain.inbound.aclose()
+        assert await collect(chain.outputs) == [(0, 2), (4,)]
+    assert "buffered" in chain.statistics()["hold"]
+
+
+async def test_inline_stage_is_set_up_before_the_chain_is_ready(autojump_clock):
+    class SlowTransform(Slow):
+        pass
+
+    slow = SlowTransform()
+    assert slow.can_run_inline
+    async with open_chain(slow):
+        assert slow.ready
+
+
+async def test_inline_stage_frames_are_stamped_too():
+    class Passthrough(Stage[Frame, Frame]):
+        def process(self, item):
+            return (item,)
+
+    async with open_chain(Passthrough(name="a"), Passthrough(name="b")) as chain:
+        chain.inbound.send_nowait(Timed(captured_at=trio.current_time()))
+        frame = await chain.outputs.receive()
+    assert [stamp.stage for stamp in frame.stamps] == ["a", "b"]
 
 
 async def test_frames_are_stamped_by_each_stage(autojump_clock):
