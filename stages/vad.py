@@ -23,6 +23,7 @@ so the event loop never blocks. No torch anywhere: the ONNX file is vendored und
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -49,7 +50,14 @@ __all__ = [
     "probabilities_of",
 ]
 
-DEFAULT_VAD_MODEL = Path(__file__).resolve().parent.parent / "models" / "silero_vad.onnx"
+VAD_FILE = "silero_vad.onnx"
+# A source checkout (or editable install) has models/ next to stages/; an installed wheel
+# carries the file as data under <prefix>/share/voicegraph/models (see pyproject.toml).
+VAD_MODEL_LOCATIONS = (
+    Path(__file__).resolve().parent.parent / "models" / VAD_FILE,
+    Path(sys.prefix) / "share" / "voicegraph" / "models" / VAD_FILE,
+)
+DEFAULT_VAD_MODEL = next((p for p in VAD_MODEL_LOCATIONS if p.is_file()), VAD_MODEL_LOCATIONS[0])
 
 # Window and context sizes the Silero v5 model was trained with, per sample rate.
 WINDOW = {8000: 256, 16000: 512}
@@ -67,8 +75,13 @@ class SileroModel:
     def __init__(self, path: str | Path | None = None, *, threads: int = 1) -> None:
         path = Path(path) if path is not None else DEFAULT_VAD_MODEL
         if not path.is_file():
+            looked = (
+                str(path)
+                if path != DEFAULT_VAD_MODEL
+                else " or ".join(str(p) for p in VAD_MODEL_LOCATIONS)
+            )
             raise VadError(
-                f"Silero VAD model not found at {str(path)!r}; pass the path of a "
+                f"Silero VAD model not found at {looked!r}; pass the path of a "
                 "silero_vad.onnx file (see models/README.md)"
             )
         import onnxruntime  # deferred: importing it costs ~0.3 s and only the VAD needs it
