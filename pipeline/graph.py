@@ -118,7 +118,9 @@ async def open_chain(
             yield running
         finally:
             nursery.cancel_scope.cancel()
-            receive.close()
+    # Closed only once every stage has stopped: a stage must see its cancellation,
+    # not a broken channel, when the chain is torn down.
+    receive.close()
 
 
 class Tee(Stage[T, T]):

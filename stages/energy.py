@@ -48,7 +48,9 @@ class EnergySegmenter(Stage[PcmAudio, Utterance]):
         super().__init__(name=name)
         self.config = config or EnergyGateConfig()
         self._preroll: deque[PcmAudio] = deque()
+        self._preroll_s = 0.0  # running totals: re-summing every frame is quadratic
         self._speech: list[PcmAudio] = []
+        self._speech_s = 0.0
         self._voiced_run = 0.0
         self._silent_run = 0.0
         self._last_voiced: PcmAudio | None = None
@@ -65,6 +67,7 @@ class EnergySegmenter(Stage[PcmAudio, Utterance]):
         if not self._speech:
             return self._listen(item, voiced)
         self._speech.append(item)
+        self._speech_s += item.duration
         if voiced:
             self._voiced_run += item.duration
             self._silent_run = 0.0
@@ -77,7 +80,7 @@ class EnergySegmenter(Stage[PcmAudio, Utterance]):
                 return ()
         if self.in_speech and self._silent_run * 1000 >= config.hangover_ms:
             return (self._emit(),)
-        if sum(frame.duration for frame in self._speech) >= config.max_utterance_s:
+        if self._speech_s >= config.max_utterance_s:
             self.forced_cuts += 1
             return (self._emit(),)
         return ()
@@ -85,14 +88,16 @@ class EnergySegmenter(Stage[PcmAudio, Utterance]):
     def _listen(self, item: PcmAudio, voiced: bool) -> Iterable[Utterance]:
         if voiced:
             self._speech = [item]
+            self._speech_s = item.duration
             self._voiced_run = item.duration
             self._silent_run = 0.0
             self._last_voiced = item
             return ()
         self._preroll.append(item)
+        self._preroll_s += item.duration
         preroll_s = self.config.preroll_ms / 1000
-        while self._preroll and sum(f.duration for f in self._preroll) > preroll_s:
-            self._preroll.popleft()
+        while self._preroll and self._preroll_s > preroll_s + 1e-9:
+            self._preroll_s -= self._preroll.popleft().duration
         return ()
 
     def _emit(self) -> Utterance:
@@ -118,9 +123,12 @@ class EnergySegmenter(Stage[PcmAudio, Utterance]):
     def _reset(self, *, keep_preroll: bool) -> None:
         if keep_preroll:
             self._preroll.extend(self._speech)
+            self._preroll_s += self._speech_s
         else:
             self._preroll.clear()
+            self._preroll_s = 0.0
         self._speech = []
+        self._speech_s = 0.0
         self._voiced_run = self._silent_run = 0.0
         self._last_voiced = None
 

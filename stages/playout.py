@@ -62,11 +62,15 @@ class JitterStage(Stage[RtpFrame, MulawAudio]):
             due = buffer.next_tick_at
             item: RtpFrame | None = None
             try:
-                if due is None:
-                    item = await inbox.receive()
-                else:
-                    with trio.move_on_at(due):
+                try:
+                    # a packet is usually already waiting: skip the timeout scope then
+                    item = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    if due is None:
                         item = await inbox.receive()
+                    else:
+                        with trio.move_on_at(due):
+                            item = await inbox.receive()
             except trio.EndOfChannel:
                 break
             now = trio.current_time()
