@@ -124,6 +124,11 @@ class Outbox(Generic[T]):
             self._channel.send_nowait(item)
         except trio.WouldBlock:
             await self._channel.send(item)
+        except trio.BrokenResourceError:
+            # The next stage is gone. If that is because the chain is being cancelled,
+            # let the cancellation (not a broken channel) be what ends this stage.
+            await trio.lowlevel.checkpoint()
+            raise
         self.sent += 1
 
     async def flush_inline(self) -> None:

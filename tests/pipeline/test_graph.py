@@ -184,3 +184,24 @@ async def test_tee_branch_that_lags_loses_items_but_main_path_does_not():
         assert await collect(chain.outputs) == [0, 1, 2, 3]
     assert await collect(branch_receive) == [0]
     assert tee.statistics()["branch_dropped"] == [3]
+
+
+@pytest.mark.parametrize("attempt", range(10))  # the race depends on trio's schedule
+async def test_teardown_reads_as_cancellation_not_a_broken_channel(attempt):
+    """A stage still sending while the chain is cancelled must not report a failure."""
+
+    class Burst(Stage[int, int]):
+        async def run(self, inbox, outbox):
+            async for item in inbox:
+                for copy in range(item):
+                    await outbox.send(copy)
+
+    class Gone(Stage[int, int]):
+        async def run(self, inbox, outbox):
+            await inbox.receive()  # take one, then leave: the channel behind is closed
+
+    with trio.move_on_after(1):
+        async with open_chain(Burst(), Gone(), link_capacity=1000) as chain:
+            chain.inbound.send_nowait(100)
+            chain.cancel_scope.cancel()
+            await trio.sleep_forever()
