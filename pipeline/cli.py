@@ -15,6 +15,9 @@ COMMANDS: dict[str, str] = {
     "serve": "pipeline.cli_serve",
     "call": "pipeline.cli_call",
     "transcribe": "pipeline.transcribe",
+    "dial": "pipeline.cli_dial",
+    "emulator": "pipeline.cli_emulator",
+    "bench": "pipeline.cli_bench",
 }
 
 

@@ -1,4 +1,10 @@
-"""Run a bot: accept calls from the telephony platform over WebSocket (WS or WSS)."""
+"""Run a bot: accept calls from the telephony platform over WebSocket (WS or WSS).
+
+One bot answers every path, or ``--route PATH=BOT.TOML`` (repeated) puts one bot per
+WebSocket path, as the platform assigns one voicebot URL per number; other paths are
+refused with 404. The same port answers the platform's call webhooks
+(``--webhook-path``) and ``GET /health``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -17,7 +26,8 @@ from stages.tts import TtsError
 from stages.vad import VadError
 
 from .botconfig import BotConfig, ConfigError, load_config
-from .call import Bot
+from .call import Bot, Call
+from .http_front import normalize_path
 from .logs import configure_logging
 from .server import ServerConfig, VoiceStreamServer
 
@@ -37,6 +47,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--certfile", default=None, help="TLS certificate (PEM) to serve wss://")
     parser.add_argument("--keyfile", default=None, help="TLS private key (PEM)")
     parser.add_argument("--redact", action="store_true", help="redact phone numbers in logs")
+    parser.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="PATH=BOT.TOML",
+        help="serve this bot config on this WebSocket path (repeat for several bots; "
+        "other paths get 404)",
+    )
+    parser.add_argument(
+        "--webhook-path", default="/callbacks", help="where platform webhooks are received"
+    )
+    parser.add_argument(
+        "--webhook-header", default=None, metavar="NAME", help="header webhooks must carry"
+    )
+    parser.add_argument(
+        "--webhook-value",
+        default=os.environ.get("VOICEGRAPH_WEBHOOK_VALUE"),
+        metavar="VALUE",
+        help="its value (default from VOICEGRAPH_WEBHOOK_VALUE)",
+    )
     parser.add_argument("--registration-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--inactivity-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
@@ -76,31 +106,105 @@ def add_bot_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def bot_config(args: argparse.Namespace) -> BotConfig:
-    """The bot configuration: the file (if any), then the command line on top."""
-    config = load_config(args.config)
+def bot_config(args: argparse.Namespace, path: Path | None = None) -> BotConfig:
+    """A bot configuration: the file (``path``, else ``--config``), then the flags on top."""
+    config = load_config(path if path is not None else args.config)
     return config.with_overrides(
         llm={"backend": args.llm, "url": args.llm_url, "model": args.llm_model}
     )
 
 
-def make_bot(args: argparse.Namespace) -> Bot:
+def make_bot(args: argparse.Namespace, config_path: Path | None = None) -> Bot:
+    """The bot ``--bot`` names, configured from ``config_path`` (else ``--config``)."""
+    config = bot_config(args, config_path)
     if args.bot == "parrot":
         from .parrot import ParrotBot
 
-        return ParrotBot(jitter=bot_config(args).jitter)
+        return ParrotBot(jitter=config.jitter)
     from .voicebot import VoiceBot
 
-    return VoiceBot(bot_config(args), record_dir=args.record)
+    return VoiceBot(config, record_dir=args.record)
+
+
+def parse_routes(specs: list[str]) -> dict[str, Path]:
+    """``["/media/sales=sales.toml", ...]`` → ``{"/media/sales": Path("sales.toml")}``."""
+    routes: dict[str, Path] = {}
+    for spec in specs:
+        path, sep, config = spec.partition("=")
+        if not sep or not path.startswith("/") or not config or "?" in path:
+            raise ConfigError(
+                f"--route {spec!r}: expected PATH=BOT.TOML with PATH like /media/sales"
+            )
+        path = normalize_path(path)
+        if path in routes:
+            raise ConfigError(f"--route {path} is given twice")
+        routes[path] = Path(config)
+    return routes
+
+
+def make_routed_bots(args: argparse.Namespace, routes: dict[str, Path]) -> dict[str, Bot]:
+    """One bot per path. Voice bots with the same model and LLM settings share one set
+    of loaded models: the first of them loads it, the others borrow it."""
+    bots: dict[str, Bot] = {}
+    owners: dict[Any, Any] = {}
+    for path, config_path in routes.items():
+        bot = make_bot(args, config_path)
+        config = getattr(bot, "config", None)
+        if isinstance(config, BotConfig):
+            key = (config.models, config.llm)
+            owner = owners.setdefault(key, bot)
+            if owner is not bot:
+                bot = BorrowingVoiceBot(bot, owner)
+        bots[path] = bot
+    return bots
+
+
+class BorrowingVoiceBot:
+    """A voice bot that runs on another voice bot's loaded models (same settings):
+    one VAD batcher, STT pool, TTS and LLM for both, its own prompt and greeting.
+
+    The owner must be serving first; the server enters bots in route order and the
+    owner is always the earlier route.
+    """
+
+    def __init__(self, bot: Any, owner: Any) -> None:
+        self.bot = bot
+        self.owner = owner
+        self.config = bot.config
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        services = self.owner.services
+        if services is None:
+            raise RuntimeError("the owning voice bot is not serving yet")
+        self.bot.services = services
+        self.bot.greeting = await self.bot._prepare_greeting(services.tts)
+        try:
+            yield
+        finally:
+            self.bot.services = None
+
+    async def handle_call(self, call: Call) -> None:
+        await self.bot.handle_call(call)
 
 
 def main(args: argparse.Namespace) -> int:
     if bool(args.certfile) != bool(args.keyfile) and not args.certfile:
         print("voicegraph serve: --keyfile needs --certfile", file=sys.stderr)
         return 2
+    if bool(args.webhook_header) != bool(args.webhook_value):
+        print(
+            "voicegraph serve: --webhook-header and --webhook-value go together",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(args.log_level)
     try:
-        bot = make_bot(args)
+        if args.route and args.config is not None:
+            raise ConfigError("--config and --route do not mix: give each route its own file")
+        routes = parse_routes(args.route)
+        bot = None if routes else make_bot(args)
+        bots = make_routed_bots(args, routes) if routes else None
     except ConfigError as exc:
         print(f"voicegraph serve: {exc}", file=sys.stderr)
         return 2
@@ -113,8 +217,13 @@ def main(args: argparse.Namespace) -> int:
         registration_timeout=args.registration_timeout,
         inactivity_timeout=args.inactivity_timeout,
         redact=args.redact,
+        webhook_path=args.webhook_path,
+        webhook_header=args.webhook_header,
+        webhook_value=args.webhook_value,
+        record_dir=args.record,
     )
-    message = run_reporting_startup_errors(serve_until_signalled, config, bot)
+    server = VoiceStreamServer(config, bot, bots=bots)
+    message = run_reporting_startup_errors(serve_until_signalled, server)
     if message:
         print(f"voicegraph serve: {message}", file=sys.stderr)
         return 2
@@ -146,14 +255,24 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return leaves
 
 
-async def serve_until_signalled(config: ServerConfig, bot: Bot) -> None:
-    """Serve until SIGINT or SIGTERM, then close every call with 1001 and return."""
-    server = VoiceStreamServer(config, bot)
+async def serve_until_signalled(server: VoiceStreamServer) -> None:
+    """Serve until SIGINT or SIGTERM, then close every call with 1001 and return.
+
+    The first stdout line says where: the WebSocket URL (and one per route), the
+    webhook URL and the health URL.
+    """
+    config = server.config
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            ws_server = await nursery.start(server.serve)
+            listening = await nursery.start(server.serve)
             scheme = "wss" if config.certfile else "ws"
-            ready = {"event": "listening", "url": f"{scheme}://{config.host}:{ws_server.port}/"}
+            base = f"{config.host}:{listening.port}"
+            ready: dict[str, Any] = {"event": "listening", "url": f"{scheme}://{base}/"}
+            if server.bots:
+                ready["routes"] = {path: f"{scheme}://{base}{path}" for path in server.bots}
+            http = "https" if config.certfile else "http"
+            ready["webhooks"] = f"{http}://{base}{normalize_path(config.webhook_path)}"
+            ready["health"] = f"{http}://{base}/health"
             print(json.dumps(ready), flush=True)
             async for _ in signals:
                 server.shutdown()

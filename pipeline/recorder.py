@@ -16,6 +16,7 @@ start there, so played side by side (or mixed) they sound like the call.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -32,9 +33,38 @@ from .stage import Stage
 if TYPE_CHECKING:
     from .conversation import Conversation, TurnRecord
 
-__all__ = ["CallRecorder"]
+__all__ = ["CallRecorder", "call_folder", "record_platform_event"]
 
 RATE = 8000
+
+
+def call_folder(root: Path, call_id: str) -> Path:
+    """``root/<callId>``, with the id made safe as one folder name (ids come off the network)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id)
+    if not safe.strip("."):
+        safe = "call" + safe  # never "", "." or ".."
+    return Path(root) / safe
+
+
+def record_platform_event(root: Path, call_id: str, event: str, data: dict[str, Any]) -> Path:
+    """Append ``{"role": "platform", "event": ...}`` to the call's ``transcript.jsonl``.
+
+    Platform webhooks arrive before the call is registered and after it has ended, so
+    this opens, appends one line and closes, instead of going through a live recorder;
+    lines are written whole, in append mode, so they interleave cleanly with its lines.
+    """
+    directory = call_folder(root, call_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    line = {
+        "role": "platform",
+        "event": event,
+        "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": data,
+    }
+    path = directory / "transcript.jsonl"
+    with path.open("a", encoding="utf-8") as transcript:
+        transcript.write(json.dumps(line) + "\n")
+    return path
 
 
 class _CallerTap(Stage[PcmAudio, PcmAudio]):
@@ -67,8 +97,7 @@ class CallRecorder:
 
     @classmethod
     def for_call(cls, root: Path, call_id: str, origin: float) -> CallRecorder:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id) or "call"
-        return cls(Path(root) / safe, origin)
+        return cls(call_folder(root, call_id), origin)
 
     def caller_tap(self) -> Stage[PcmAudio, PcmAudio]:
         return _CallerTap(self)

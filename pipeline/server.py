@@ -18,6 +18,18 @@ a message over 1 MB                1009 (enforced by the WebSocket layer)
 the bot or a stage raised          1011 "internal error"; other calls go on
 server shutdown (SIGINT/SIGTERM)   1001 "server going away"
 =================================  ==========================================
+
+The port also answers plain HTTP through :mod:`pipeline.http_front`: the platform's
+call webhooks (``POST /callbacks`` by default) and ``GET /health``. One server can
+host several bots, one per WebSocket path (``bots={"/media/sales": ..., ...}``);
+an upgrade to another path is refused with 404. A single ``bot`` answers any path.
+
+Extra routes (register before ``serve``)::
+
+    server.add_websocket_route("/events", handler)       # async (WebSocketRequest) -> None
+    server.add_http_route("GET", "/stats", http_handler)  # async (HttpRequest) -> HttpResponse
+
+A route registered this way wins over the single bot's catch-all.
 """
 
 from __future__ import annotations
@@ -25,28 +37,33 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-    serve_websocket,
-    wrap_server_stream,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from .auth import credentials_from_request, is_authorized
 from .call import Bot, Call
 from .events import CloseCode, Connected, Media, MessageSkipped, ProtocolViolation
+from .http_front import (
+    HttpFront,
+    HttpHandler,
+    HttpRequest,
+    HttpResponse,
+    Listening,
+    WebSocketHandler,
+    normalize_path,
+)
 from .logs import CallLogger, redact_number
 from .protocol import ServerProtocol
+from .webhooks import WebhookReceiver
 
-__all__ = ["ServerConfig", "VoiceStreamServer", "make_ssl_context"]
+__all__ = ["Listening", "ServerConfig", "VoiceStreamServer", "make_ssl_context"]
 
 logger = logging.getLogger("voicegraph.server")
 
@@ -66,6 +83,10 @@ class ServerConfig:
     inactivity_timeout: float = 300.0
     max_message_size: int = MAX_MESSAGE_SIZE
     redact: bool = False
+    webhook_path: str = "/callbacks"
+    webhook_header: str | None = None  # checked on every webhook when set, with its value
+    webhook_value: str | None = None
+    record_dir: Path | None = None  # platform events go to <record_dir>/<callId>/transcript.jsonl
 
 
 def make_ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
@@ -86,22 +107,27 @@ class _CallEnded(Exception):
 
 
 class VoiceStreamServer:
-    """Accepts calls from the platform and runs ``bot`` on each one.
+    """Accepts calls from the platform and runs a bot on each one.
 
-    Start it with ``await nursery.start(server.serve)``; the started value is the
-    underlying :class:`trio_websocket.WebSocketServer` (its ``port`` is the bound port).
-    ``shutdown()`` stops accepting and closes every live call with 1001.
+    ``bot`` answers calls on any path; ``bots`` maps WebSocket paths to bots (one
+    server, several numbers' bots). Start it with ``await nursery.start(server.serve)``;
+    the started value is a :class:`~pipeline.http_front.Listening` (its ``port`` is the
+    bound port). ``shutdown()`` stops accepting and closes every live call with 1001.
     """
 
     def __init__(
         self,
         config: ServerConfig,
-        bot: Bot,
+        bot: Bot | None = None,
         *,
+        bots: Mapping[str, Bot] | None = None,
         protocol_factory: Callable[[], ServerProtocol] = ServerProtocol,
     ) -> None:
+        if (bot is None) == (not bots):
+            raise ValueError("give either one bot (any path) or bots by path")
         self.config = config
         self.bot = bot
+        self.bots: dict[str, Bot] = {normalize_path(path): b for path, b in (bots or {}).items()}
         self._protocol_factory = protocol_factory
         self.calls: dict[str, Call] = {}
         self.finished_calls: deque[dict[str, Any]] = deque(maxlen=FINISHED_CALLS_KEPT)
@@ -117,56 +143,114 @@ class VoiceStreamServer:
             "inactivity_timeouts": 0,
             "internal_errors": 0,
         }
+        self.front = HttpFront(max_message_size=config.max_message_size, message_queue_size=4)
+        self.webhooks = WebhookReceiver(
+            header=config.webhook_header,
+            value=config.webhook_value,
+            record_dir=config.record_dir,
+        )
+        for method in ("POST", "PUT", "GET"):
+            self.front.add_http_route(method, config.webhook_path, self.webhooks.handle)
+        self.front.add_http_route("GET", "/health", self._health)
+        for path, routed in self.bots.items():
+            self.front.add_websocket_route(path, partial(self._handle_connection, bot=routed))
+        if bot is not None:
+            self.front.set_default_websocket(partial(self._handle_connection, bot=bot))
+
+    # --- routes -------------------------------------------------------------------------
+
+    def add_websocket_route(self, path: str, handler: WebSocketHandler) -> None:
+        """Serve WebSocket upgrades to ``path`` with ``handler(request)``; call before ``serve``.
+
+        The handler accepts (``await request.accept()``) or rejects the request and runs
+        until its connection is done; it runs in the server's connection nursery, so it
+        ends when the server does. It must not raise: an exception is logged and only
+        closes its own connection.
+        """
+        self.front.add_websocket_route(path, handler)
+
+    def add_http_route(self, method: str, path: str, handler: HttpHandler) -> None:
+        """Answer ``method path`` with ``handler(request) -> HttpResponse``."""
+        self.front.add_http_route(method, path, handler)
+
+    async def _health(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse.json(
+            200,
+            {
+                "status": "ok",
+                "calls": len(self.calls),
+                "bots": sorted(self.bots) if self.bots else ["*"],
+            },
+        )
+
+    # --- serving ------------------------------------------------------------------------
 
     async def serve(
-        self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED
+        self, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen until :meth:`shutdown`, then close every call with 1001 and return."""
-        async with self.bot.serving():
+        """Listen until :meth:`shutdown`, then close every call with 1001 and return.
+
+        Each distinct bot's ``serving()`` is entered once, before listening, so its
+        models load at start-up and a bad one fails there.
+        """
+        async with AsyncExitStack() as stack:
+            for bot in self._distinct_bots():
+                await stack.enter_async_context(bot.serving())
             await self._serve(task_status)
 
-    async def _serve(self, task_status: trio.TaskStatus[WebSocketServer]) -> None:
+    def _distinct_bots(self) -> list[Bot]:
+        bots = [self.bot] if self.bot is not None else []
+        for bot in self.bots.values():
+            if all(bot is not seen for seen in bots):
+                bots.append(bot)
+        return bots
+
+    async def _serve(self, task_status: trio.TaskStatus[Listening]) -> None:
         ssl_context = None
         if self.config.certfile:
             ssl_context = make_ssl_context(self.config.certfile, self.config.keyfile)
         async with trio.open_nursery() as calls_nursery:
             async with trio.open_nursery() as listen_nursery:
-                ws_server = await listen_nursery.start(
+                listening = await listen_nursery.start(
                     partial(
-                        serve_websocket,
-                        self._handle_connection,
+                        self.front.serve,
                         self.config.host,
                         self.config.port,
                         ssl_context,
                         handler_nursery=calls_nursery,
-                        max_message_size=self.config.max_message_size,
-                        message_queue_size=4,
                     )
                 )
                 logger.info(
                     "listening",
                     extra={
                         "host": self.config.host,
-                        "port": ws_server.port,
+                        "port": listening.port,
                         "tls": bool(ssl_context),
+                        "bots": sorted(self.bots) or ["*"],
+                        "webhooks": normalize_path(self.config.webhook_path),
                     },
                 )
-                task_status.started(ws_server)
+                if self.config.webhook_header is None:
+                    logger.info("webhooks are accepted without a header check")
+                task_status.started(listening)
                 await self._shutdown.wait()
                 listen_nursery.cancel_scope.cancel()
+            self.front.close_idle()
             for call_id in list(self._call_scopes):
                 self._end_call(call_id, CloseCode.GOING_AWAY, "server going away")
-        logger.info("stopped", extra=self.counters)
+        logger.info(
+            "stopped",
+            extra={
+                **self.counters,
+                "http": self.front.counters,
+                "webhooks": self.webhooks.counters,
+            },
+        )
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one call over an already-open byte stream (any transport, or a test's
-        in-memory stream), inside the bot's ``serving()`` context."""
-        async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(
-                nursery, stream, max_message_size=self.config.max_message_size
-            )
-            await self._handle_connection(request)
-            nursery.cancel_scope.cancel()
+        """Serve one connection over an already-open byte stream (any transport, or a
+        test's in-memory stream), routed like a TCP connection."""
+        await self.front.handle_stream(stream)
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -177,7 +261,7 @@ class VoiceStreamServer:
         if scope is not None:
             scope.cancel()
 
-    async def _handle_connection(self, request: WebSocketRequest) -> None:
+    async def _handle_connection(self, request: WebSocketRequest, *, bot: Bot) -> None:
         """One connection, start to end. Never raises: one bad call must not touch others."""
         self.counters["connections"] += 1
         offered = credentials_from_request(request.path, request.headers)
@@ -197,7 +281,7 @@ class VoiceStreamServer:
             return
         if connected is None:
             return
-        await self._run_call(ws, protocol, connected)
+        await self._run_call(ws, protocol, connected, bot)
 
     async def _await_registration(
         self, ws: WebSocketConnection, protocol: ServerProtocol
@@ -218,7 +302,7 @@ class VoiceStreamServer:
             raise _CallEnded(event.code, event.reason)
 
     async def _run_call(
-        self, ws: WebSocketConnection, protocol: ServerProtocol, connected: Connected
+        self, ws: WebSocketConnection, protocol: ServerProtocol, connected: Connected, bot: Bot
     ) -> None:
         call_id = connected.call_id
         mobile = redact_number(connected.mobile_no) if self.config.redact else connected.mobile_no
@@ -239,7 +323,7 @@ class VoiceStreamServer:
         try:
             await ws.send_message(protocol.acknowledge())
             log.info("call registered", extra={"path": ws.path.split("?")[0]})
-            code, reason = await self._supervise(ws, protocol, call)
+            code, reason = await self._supervise(ws, protocol, call, bot)
         except Exception as exc:
             if _only_connection_closed(exc):
                 code, reason = CloseCode.NORMAL, "closed by peer"
@@ -257,7 +341,7 @@ class VoiceStreamServer:
             await _close(ws, code, reason)
 
     async def _supervise(
-        self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call
+        self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call, bot: Bot
     ) -> tuple[int, str]:
         """Run reader and bot side by side; whichever ends first ends the call."""
         outcome: tuple[int, str] = (CloseCode.NORMAL, "call ended")
@@ -275,7 +359,7 @@ class VoiceStreamServer:
 
             async def run_bot() -> None:
                 nonlocal outcome
-                await self.bot.handle_call(call)
+                await bot.handle_call(call)
                 outcome = (call.hang_up_code, call.hang_up_reason)
                 nursery.cancel_scope.cancel()
 
