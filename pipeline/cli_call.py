@@ -1,9 +1,14 @@
-"""Dial a bot the way the platform does and report each turn (the call emulator)."""
+"""Dial a bot the way the platform does and report each turn (the call emulator).
+
+With ``--mic`` it is a softphone instead: a person talks to the bot through the
+microphone and hears it on the speaker (the ``softphone`` extra), until Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import ssl
 import sys
 from pathlib import Path
@@ -12,6 +17,15 @@ import numpy as np
 import trio
 
 from .audiofile import AudioFileError, load_audio
+from .client import ClientEvent, ConnectError, open_client
+from .devices import (
+    DeviceError,
+    MicrophoneInput,
+    SoftphoneUnavailable,
+    SpeakerOutput,
+    get_media_list,
+    sounddevice_module,
+)
 from .emulator import (
     Impairments,
     RegistrationError,
@@ -24,12 +38,27 @@ from .emulator import (
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="the bot's WebSocket URL, ws:// or wss://")
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--audio",
         nargs="+",
-        required=True,
         metavar="FILE",
         help="caller audio, one file per turn (any common format and rate)",
+    )
+    source.add_argument(
+        "--mic",
+        action="store_true",
+        help="talk to the bot yourself: microphone in, speaker out, Ctrl-C hangs up "
+        "(needs pip install 'voicegraph[softphone]')",
+    )
+    source.add_argument(
+        "--list-devices", action="store_true", help="list microphones and speakers, then exit"
+    )
+    parser.add_argument(
+        "--input-device", default=None, help="--mic: microphone id or name (default: system's)"
+    )
+    parser.add_argument(
+        "--output-device", default=None, help="--mic: speaker id or name (default: system's)"
     )
     parser.add_argument(
         "--pause",
@@ -81,6 +110,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.list_devices or args.mic:
+        try:
+            sounddevice_module()
+        except SoftphoneUnavailable as exc:
+            print(f"voicegraph call: {exc}", file=sys.stderr)
+            return 2
+    if args.list_devices:
+        for device in get_media_list():
+            default = " (default)" if device.default else ""
+            print(f"{device.kind:11} {device.device_id:>3}  {device.label}{default}")
+        return 0
+    if args.mic:
+        return trio.run(_softphone, args)
     try:
         turns = [(str(path), load_audio(path)) for path in args.audio]
         impairments = Impairments(
@@ -99,22 +141,63 @@ def main(args: argparse.Namespace) -> int:
         return 1
 
 
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.url.startswith("wss://"):
+        return None
+    context = ssl.create_default_context()
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _softphone(args: argparse.Namespace) -> int:
+    """Microphone → bot → speaker until Ctrl-C, the bot hanging up, or giving up."""
+
+    def show(event: ClientEvent) -> None:
+        name = type(event).__name__
+        print(f"voicegraph call: {name} {json.dumps(event.detail)}", file=sys.stderr)
+
+    async with open_client(
+        args.url,
+        token=args.api_key,
+        mobile_no=args.mobile,
+        ssl_context=_ssl_context(args),
+        audio_input=MicrophoneInput(args.input_device),
+        audio_output=SpeakerOutput(args.output_device),
+    ) as client:
+        client.add_listener(show)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            try:
+                await client.connect()
+            except (ConnectError, DeviceError) as exc:
+                print(f"voicegraph call: {exc}", file=sys.stderr)
+                return 1
+            print(f"call {client.call_id}: talking to the bot; Ctrl-C hangs up", file=sys.stderr)
+            async with trio.open_nursery() as nursery:
+
+                async def hang_up_on_signal() -> None:
+                    async for _ in signals:
+                        break
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(hang_up_on_signal)
+                await client.wait_ended()
+                nursery.cancel_scope.cancel()
+            await client.disconnect()
+    return 0
+
+
 async def _call(
     args: argparse.Namespace, turns: list[tuple[str, np.ndarray]], impairments: Impairments
 ) -> int:
-    ssl_context = None
-    if args.url.startswith("wss://"):
-        ssl_context = ssl.create_default_context()
-        if args.insecure:
-            ssl_context.check_hostname = False
-            ssl_context.verify_mode = ssl.CERT_NONE
     async with open_call(
         args.url,
         api_key=args.api_key,
         mobile_no=args.mobile,
         payload_format=args.payload,
         impairments=impairments,
-        ssl_context=ssl_context,
+        ssl_context=_ssl_context(args),
     ) as call:
         reports = await converse(call, turns, pause=args.pause, reply_timeout=args.reply_timeout)
     for report in reports:

@@ -15,12 +15,16 @@ before the bot said anything has the reply restarted with both utterances.
 
 Every finished turn becomes a :class:`TurnRecord` with per-stage timings, logged and
 handed to observers (recording, conversation events).
+
+An operator's line (:meth:`Conversation.say`) is a reply without a caller turn: it is
+split, synthesized and sent like one, is cut by a barge-in like one, and ends up in
+the history and the records like one (``source="operator"``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,9 +41,10 @@ from stages.wav import encode_mulaw_wav
 
 from .botconfig import ConversationConfig
 from .call import Call
+from .messages import ConversationEnded
 from .speaking import PlayedPiece, Playout
 
-__all__ = ["Conversation", "TurnRecord"]
+__all__ = ["Conversation", "ConversationEnded", "TurnRecord"]
 
 RATE = 8000
 
@@ -50,7 +55,8 @@ class TurnRecord:
 
     Timings are milliseconds from the end of the caller's speech (server clock): when
     the turn was committed (endpointing), STT done, first LLM token, first speakable
-    piece, first TTS audio, first audio sent.
+    piece, first TTS audio, first audio sent. For an operator's line they count from
+    the request. ``source``: ``caller`` (an answer), ``greeting`` or ``operator``.
     """
 
     index: int
@@ -65,6 +71,10 @@ class TurnRecord:
     timings_ms: dict[str, float] = field(default_factory=dict)
     bot_started_at: float | None = None  # Trio clock: estimated playout of the reply
     bot_ended_at: float | None = None
+    source: str = "caller"
+    caller_started_at: float | None = None  # Trio clock: the caller's speech
+    caller_ended_at: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # an operator's, with the line
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -84,6 +94,7 @@ class _Reply:
     interrupted_at: float | None = None
     superseded: bool = False
     greeting: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
 
     def mark(self, name: str, now: float) -> None:
         if name not in self.record.timings_ms:
@@ -119,8 +130,10 @@ class Conversation:
         self.bot_audio_observers: list[Callable[[bytes, PlayedPiece], None]] = []
         self.ignored_backchannels = 0
         self._reply: _Reply | None = None
+        self._announcements: set[_Reply] = set()  # operator lines in flight
         self._turn_index = 0
         self._nursery: trio.Nursery | None = None
+        self._running = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             SpeechPaused: self._on_paused,
             SpeechResumed: self._on_resumed,
@@ -129,17 +142,45 @@ class Conversation:
         }
 
     async def run(self, events: trio.MemoryReceiveChannel[Any]) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self.playout.track)
-            if self.greeting is not None:
-                greeting = _Reply(TurnRecord(0), None, _EMPTY, _set_event(), greeting=True)
-                self._start(self._greet, greeting)
-            async for event in events:
-                handler = self._handlers.get(type(event))
-                if handler is not None:
-                    handler(event)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._running = True
+                nursery.start_soon(self.playout.track)
+                if self.greeting is not None:
+                    record = TurnRecord(0, source="greeting")
+                    greeting = _Reply(record, None, _EMPTY, _set_event(), greeting=True)
+                    self._start(self._greet, greeting)
+                async for event in events:
+                    handler = self._handlers.get(type(event))
+                    if handler is not None:
+                        handler(event)
+                self._running = False
+                nursery.cancel_scope.cancel()
+        finally:
+            self._running = False
+
+    async def say(self, text: str, metadata: Mapping[str, Any] | None = None) -> TurnRecord:
+        """Speak ``text`` into the call now (an operator's line); return its record once
+        it has been sent or cut. Raises :class:`ConversationEnded` after the call ended.
+
+        It does not wait for or cancel a reply in flight: the platform plays it after
+        whatever it is playing. A barge-in cuts it like any reply.
+        """
+        if not self._running or self._nursery is None:
+            raise ConversationEnded(f"call {self.call.call_id!r} has ended")
+        self._turn_index += 1
+        record = TurnRecord(
+            self._turn_index, source="operator", reply_text=text, metadata=dict(metadata or {})
+        )
+        reply = _Reply(record, None, _EMPTY, _set_event())
+        reply.speech_end_at = trio.current_time()
+        self._announcements.add(reply)
+        self._nursery.start_soon(self._run_reply, self._announce, reply)
+        await reply.done.wait()
+        if not reply.pieces and not self._running:
+            raise ConversationEnded(f"call {self.call.call_id!r} ended before the line was said")
+        return record
 
     # --- events ---------------------------------------------------------------------
 
@@ -171,10 +212,10 @@ class Conversation:
         now = trio.current_time()
         if not self.config.barge_in or not self.playout.speaking(now):
             return
-        reply = self._reply
-        if reply is not None:
-            reply.interrupted_at = now
-            reply.scope.cancel()
+        for reply in (self._reply, *self._announcements):
+            if reply is not None:
+                reply.interrupted_at = now
+                reply.scope.cancel()
         self.playout.interrupt(now)
         assert self._nursery is not None
         self._nursery.start_soon(self.call.send_interrupt)
@@ -188,18 +229,22 @@ class Conversation:
             self.ignored_backchannels += 1
             return
         audio = segment.samples
+        started_at = segment.time_of(segment.speech_start)
         previous = self._reply
         if previous is not None and not previous.greeting:
             if not previous.pieces:
                 # nothing said yet: the caller simply went on; answer both utterances
                 audio = np.concatenate([previous.audio, audio])
                 previous.superseded = True
+                started_at = previous.record.caller_started_at or started_at
             previous.scope.cancel()
         self._turn_index += 1
         record = TurnRecord(
             self._turn_index,
             caller_start_s=round(segment.speech_start / RATE, 3),
             caller_end_s=round(segment.speech_end / RATE, 3),
+            caller_started_at=started_at,
+            caller_ended_at=segment.time_of(segment.speech_end),
         )
         reply = _Reply(record, segment, audio, trio.Event())
         reply.speech_end_at = segment.time_of(segment.speech_end)
@@ -222,7 +267,9 @@ class Conversation:
         finally:
             if self._reply is reply:
                 self._reply = None
+            self._announcements.discard(reply)
             self._finish(reply)
+            reply.done.set()
 
     async def _greet(self, reply: _Reply) -> None:
         """The protocol's ``greeting`` event: audio the platform plays on answer."""
@@ -253,6 +300,16 @@ class Conversation:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._think, reply, messages, pieces_send)
             await self._speak(reply, pieces_receive)
+
+    async def _announce(self, reply: _Reply) -> None:
+        """An operator's line: its speakable pieces, spoken as a reply's would be."""
+        splitter = SentenceSplitter()
+        lines = [*splitter.feed(reply.record.reply_text), *splitter.flush()]
+        pieces_send, pieces_receive = trio.open_memory_channel[str](max(1, len(lines)))
+        with pieces_send:
+            for line in lines:
+                pieces_send.send_nowait(line)
+        await self._speak(reply, pieces_receive)
 
     async def _think(
         self, reply: _Reply, messages: list[Message], pieces: trio.MemorySendChannel[str]

@@ -6,6 +6,11 @@ silence included, until it hangs up. Network trouble can be injected (jitter, lo
 reordering, duplicates, from a seed), and everything the bot sends back is recorded
 with its arrival time, so voice-to-voice latency is measured where a caller feels it:
 from the end of the caller's speech in the stream to the first byte of bot audio.
+
+:class:`CallerSide` is the platform's half of a call apart from any one connection
+(the 20 ms packet clock, the turns being spoken, the bot audio heard);
+:class:`EmulatedCall` binds it to one WebSocket, and :class:`pipeline.client.CallClient`
+to a connection that it re-dials when it drops.
 """
 
 from __future__ import annotations
@@ -36,11 +41,14 @@ from .protocol import ClientProtocol
 
 __all__ = [
     "BotAudio",
+    "CallerSide",
     "EmulatedCall",
     "Impairments",
     "RegistrationError",
     "SpokenTurn",
+    "auth_headers",
     "open_call",
+    "register",
     "save_call",
     "speech_end_offset",
 ]
@@ -51,7 +59,14 @@ SILENCE_PACKET = bytes([mulaw.SILENCE_BYTE]) * PACKET_SAMPLES
 
 
 class RegistrationError(ConnectionError):
-    """The bot did not acknowledge ``connected`` (refused, closed, or too slow)."""
+    """The bot did not acknowledge ``connected`` (refused, closed, or too slow).
+
+    ``code`` is the close code when the bot closed the socket (1008: the key was refused).
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +132,12 @@ class _Turn:
     speech_end_at: float | None = None
 
 
-class EmulatedCall:
-    """A live emulated call: speak into it, read what the bot sent back."""
+class CallerSide:
+    """The platform's side of one call, whatever connection carries it: speak into it,
+    read what the bot sent back. Subclasses bind it to a connection."""
 
-    def __init__(
-        self,
-        ws: WebSocketConnection,
-        protocol: ClientProtocol,
-        *,
-        payload_format: str,
-        impairments: Impairments,
-    ) -> None:
-        self.ws = ws
-        self.protocol = protocol
-        self.call_id = protocol.call_id
+    def __init__(self, call_id: str, *, payload_format: str, impairments: Impairments) -> None:
+        self.call_id = call_id
         self.payload_format = payload_format
         self.impairments = impairments
         self._rng = random.Random(impairments.seed)
@@ -140,11 +147,8 @@ class EmulatedCall:
         self.packets_lost = 0
         self.packets_duplicated = 0
         self.packets_reordered = 0
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
         self._turn: _Turn | None = None
         self._changed = trio.Event()
-        self._closed = trio.Event()
         self._sequence = self._rng.randrange(1 << 16)
         self._timestamp = self._rng.randrange(1 << 32)
         self._ssrc = self._rng.randrange(1 << 32)
@@ -191,12 +195,6 @@ class EmulatedCall:
                     return audio
             await self._wait_change()
 
-    async def wait_closed(self) -> int:
-        """Wait until the bot closes the call; return its close code."""
-        await self._closed.wait()
-        assert self.close_code is not None
-        return self.close_code
-
     async def listen_until_quiet(self, pause: float) -> None:
         """Wait while the platform would still be playing bot audio, then ``pause`` more."""
         while True:
@@ -213,9 +211,30 @@ class EmulatedCall:
         self._changed.set()
         self._changed = trio.Event()
 
-    # --- the two tasks of a call ----------------------------------------------------
+    # --- the two tasks of a connection ----------------------------------------------
 
-    async def _send_loop(self) -> None:
+    async def _exchange(
+        self, ws: WebSocketConnection, protocol: ClientProtocol
+    ) -> ConnectionClosed:
+        """Stream packets and take in the bot's messages until the socket closes."""
+        closed: ConnectionClosed | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def receive() -> None:
+                nonlocal closed
+                closed = await self._receive_loop(ws, protocol)
+                nursery.cancel_scope.cancel()
+
+            async def send() -> None:
+                with suppress(ConnectionClosed):  # the receiving side reports how it closed
+                    await self._send_loop(ws, protocol)
+
+            nursery.start_soon(receive)
+            nursery.start_soon(send)
+        assert closed is not None
+        return closed
+
+    async def _send_loop(self, ws: WebSocketConnection, protocol: ClientProtocol) -> None:
         """One packet every 20 ms on a drift-free schedule; impairments on the way out."""
         start = trio.current_time()
         queue: list[tuple[float, int, bytes | str]] = []
@@ -223,7 +242,7 @@ class EmulatedCall:
         tick = 0
         while True:
             nominal = start + tick * PACKET_SECONDS
-            message = self._next_packet(nominal)
+            message = self._next_packet(nominal, protocol)
             order += 1
             send_at = nominal
             if self._rng.random() < self.impairments.loss:
@@ -243,11 +262,30 @@ class EmulatedCall:
             while queue and queue[0][0] < next_nominal:
                 send_at, _, message = heapq.heappop(queue)
                 await trio.sleep_until(send_at)
-                await self.ws.send_message(message)
+                await ws.send_message(message)
                 self.packets_sent += 1
             await trio.sleep_until(next_nominal)
 
-    def _next_packet(self, nominal: float) -> bytes | str:
+    def _next_packet(self, nominal: float, protocol: ClientProtocol) -> bytes | str:
+        packet = RtpPacket(
+            payload_type=PAYLOAD_TYPE_PCMU,
+            sequence_number=self._sequence,
+            timestamp=self._timestamp,
+            ssrc=self._ssrc,
+            payload=self._next_chunk(nominal),
+            marker=self._first_packet,
+        )
+        self._first_packet = False
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        self._timestamp = (self._timestamp + PACKET_SAMPLES) & 0xFFFF_FFFF
+        return protocol.media(
+            packet.serialize(),
+            timestamp=int(time.time() * 1000),
+            payload_format=self.payload_format,  # type: ignore[arg-type]
+        )
+
+    def _next_chunk(self, nominal: float) -> bytes:
+        """The next 20 ms of caller audio (μ-law): the turn being spoken, or silence."""
         turn = self._turn
         if turn is None:
             chunk = SILENCE_PACKET
@@ -263,42 +301,31 @@ class EmulatedCall:
             if turn.sent >= len(turn.payload):
                 self._turn = None
                 turn.done.set()
-        packet = RtpPacket(
-            payload_type=PAYLOAD_TYPE_PCMU,
-            sequence_number=self._sequence,
-            timestamp=self._timestamp,
-            ssrc=self._ssrc,
-            payload=chunk,
-            marker=self._first_packet,
-        )
-        self._first_packet = False
-        self._sequence = (self._sequence + 1) & 0xFFFF
-        self._timestamp = (self._timestamp + PACKET_SAMPLES) & 0xFFFF_FFFF
-        return self.protocol.media(
-            packet.serialize(),
-            timestamp=int(time.time() * 1000),
-            payload_format=self.payload_format,
-        )
+        return chunk
 
-    async def _receive_loop(self) -> None:
+    async def _receive_loop(
+        self, ws: WebSocketConnection, protocol: ClientProtocol
+    ) -> ConnectionClosed:
+        """The bot's messages until the socket closes; returns how it closed."""
         try:
             while True:
-                message = await self.ws.get_message()
+                message = await ws.get_message()
                 now = trio.current_time()
-                for event in self.protocol.receive_message(message):
+                for event in protocol.receive_message(message):
                     if isinstance(event, Interrupt):
-                        self.interrupts.append(now)
-                        self._playout_end = now
+                        self._interrupted(now)
                     elif isinstance(event, Greeting | SpeechChunk):
                         self._record_audio(event, now)
                 self._notify()
         except ConnectionClosed as closed:
-            self.close_code = closed.reason.code
-            self.close_reason = closed.reason.reason
-            self._closed.set()
             self._notify()
+            return closed
 
-    def _record_audio(self, event: Greeting | SpeechChunk, now: float) -> None:
+    def _interrupted(self, now: float) -> None:
+        self.interrupts.append(now)
+        self._playout_end = now
+
+    def _record_audio(self, event: Greeting | SpeechChunk, now: float) -> BotAudio:
         wav = event.audio if isinstance(event, Greeting) else event.wav
         kind = "greeting" if isinstance(event, Greeting) else "media"
         try:
@@ -308,6 +335,61 @@ class EmulatedCall:
         audio = BotAudio(kind=kind, wav=wav, mulaw=payload, received_at=now)
         self.received.append(audio)
         self._playout_end = max(self._playout_end, now) + audio.duration
+        return audio
+
+
+class EmulatedCall(CallerSide):
+    """A live emulated call on one WebSocket, as :func:`open_call` gives it."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        protocol: ClientProtocol,
+        *,
+        payload_format: str,
+        impairments: Impairments,
+    ) -> None:
+        super().__init__(protocol.call_id, payload_format=payload_format, impairments=impairments)
+        self.ws = ws
+        self.protocol = protocol
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._closed = trio.Event()
+
+    async def wait_closed(self) -> int:
+        """Wait until the bot closes the call; return its close code."""
+        await self._closed.wait()
+        assert self.close_code is not None
+        return self.close_code
+
+    async def _run(self) -> None:
+        closed = await self._exchange(self.ws, self.protocol)
+        self.close_code = closed.reason.code
+        self.close_reason = closed.reason.reason
+        self._closed.set()
+        self._notify()
+
+
+def auth_headers(api_key: str | None) -> list[tuple[bytes, bytes]] | None:
+    """How the emulator offers a key: the ``x-api-key`` header."""
+    return [(b"x-api-key", api_key.encode())] if api_key else None
+
+
+async def register(ws: WebSocketConnection, protocol: ClientProtocol) -> None:
+    """Send ``connected`` and wait for the acknowledgement (under the caller's deadline);
+    :class:`RegistrationError` if the bot closes instead (``code`` says how)."""
+    await ws.send_message(protocol.connect())
+    try:
+        while True:
+            events = protocol.receive_message(await ws.get_message())
+            if any(isinstance(event, ConnectedAck) for event in events):
+                return
+    except ConnectionClosed as closed:
+        raise RegistrationError(
+            f"bot closed the call during registration: {closed.reason.code} "
+            f"{closed.reason.reason or ''}".strip(),
+            closed.reason.code,
+        ) from None
 
 
 @asynccontextmanager
@@ -323,29 +405,18 @@ async def open_call(
     registration_timeout: float = 10.0,
 ) -> AsyncIterator[EmulatedCall]:
     """Dial ``url``, register, and keep streaming until the block ends (then hang up, 1000)."""
-    headers = [(b"x-api-key", api_key.encode())] if api_key else None
     protocol = ClientProtocol(call_id or secrets.token_hex(12), mobile_no)
-    async with open_websocket_url(url, ssl_context, extra_headers=headers) as ws:
-        await ws.send_message(protocol.connect())
+    async with open_websocket_url(url, ssl_context, extra_headers=auth_headers(api_key)) as ws:
         try:
             with trio.fail_after(registration_timeout):
-                while True:
-                    events = protocol.receive_message(await ws.get_message())
-                    if any(isinstance(event, ConnectedAck) for event in events):
-                        break
-        except ConnectionClosed as closed:
-            raise RegistrationError(
-                f"bot closed the call during registration: {closed.reason.code} "
-                f"{closed.reason.reason or ''}".strip()
-            ) from None
+                await register(ws, protocol)
         except trio.TooSlowError:
             raise RegistrationError("bot did not acknowledge registration in time") from None
         call = EmulatedCall(
             ws, protocol, payload_format=payload_format, impairments=impairments or Impairments()
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(call._receive_loop)
-            nursery.start_soon(_send_until_closed, call)
+            nursery.start_soon(call._run)
             try:
                 yield call
             finally:
@@ -353,11 +424,6 @@ async def open_call(
         if call.close_code is None:
             with trio.move_on_after(5, shield=True):
                 await ws.aclose(code=1000, reason="caller hung up")
-
-
-async def _send_until_closed(call: EmulatedCall) -> None:
-    with suppress(ConnectionClosed):
-        await call._send_loop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,7 +445,7 @@ class TurnReport:
 
 def save_call(
     directory: Path,
-    call: EmulatedCall,
+    call: CallerSide,
     turns: list[tuple[str, np.ndarray]],
     reports: list[TurnReport],
 ) -> list[Path]:
@@ -401,7 +467,7 @@ def save_call(
 
 
 async def converse(
-    call: EmulatedCall,
+    call: CallerSide,
     turns: list[tuple[str, np.ndarray]],
     *,
     pause: float = 1.0,

@@ -9,6 +9,10 @@ STT → LLM → TTS → media out, cancelling the reply on barge-in. The models 
 services entered once in :meth:`VoiceBot.serving`: one batched VAD, one STT worker
 pool, one TTS voice, one LLM, so a call costs no model load and a bad model path
 fails at start-up.
+
+Every call is a channel of :attr:`VoiceBot.messages` (:mod:`pipeline.messages`): its
+state changes and each finished turn are published there, and an operator's
+``send_message`` reaches the call's conversation through it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from stages.wav import WavError, mulaw_from_wav
 from .botconfig import BotConfig, ConfigError, LlmConfig
 from .call import Call
 from .conversation import Conversation, TurnRecord
+from .messages import CallState, ConversationBus
 from .recorder import CallRecorder
 from .speaking import Playout
 
@@ -84,8 +89,10 @@ class VoiceBot:
         *,
         llm: LlmBackend | None = None,
         record_dir: Path | None = None,
+        messages: ConversationBus | None = None,
     ) -> None:
         self.config = config or BotConfig()
+        self.messages = messages or ConversationBus()
         self._llm = llm
         self.record_dir = record_dir
         self.services: SpeechServices | None = None
@@ -155,11 +162,20 @@ class VoiceBot:
             recorder.attach(conversation)
         stages += [VadStage(services.vad), TurnStage(self.config.turns, bot=playout.bot)]
         self.conversations[call.call_id] = conversation
-        try:
-            async with call.open_pipeline(*stages) as chain:
-                await conversation.run(chain.outputs)
-        finally:
-            self.conversations.pop(call.call_id, None)
-            self.finished.append((call.call_id, conversation.turns))
-            if recorder is not None:
-                recorder.close()
+        with self.messages.open_channel(call.call_id, conversation, call.started_at) as channel:
+            channel.state(CallState.CONNECTING)
+            conversation.observers.append(channel.turn_finished)
+            ending, reason = CallState.DISCONNECTED, None
+            try:
+                async with call.open_pipeline(*stages) as chain:
+                    channel.state(CallState.CONNECTED)
+                    await conversation.run(chain.outputs)
+            except Exception as exc:
+                ending, reason = CallState.ERROR, str(exc) or type(exc).__name__
+                raise
+            finally:
+                self.conversations.pop(call.call_id, None)
+                self.finished.append((call.call_id, conversation.turns))
+                if recorder is not None:
+                    recorder.close()
+                channel.state(ending, reason)
