@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from stages.vad import VadError
 
 from .botconfig import BotConfig, ConfigError, load_config
 from .call import Bot, Call
+from .events_socket import serve_events
 from .http_front import normalize_path
 from .logs import configure_logging
+from .messages import ConversationBus
 from .server import ServerConfig, VoiceStreamServer
 
 BOTS = ("voice", "parrot")
@@ -114,8 +117,13 @@ def bot_config(args: argparse.Namespace, path: Path | None = None) -> BotConfig:
     )
 
 
-def make_bot(args: argparse.Namespace, config_path: Path | None = None) -> Bot:
-    """The bot ``--bot`` names, configured from ``config_path`` (else ``--config``)."""
+def make_bot(
+    args: argparse.Namespace,
+    config_path: Path | None = None,
+    messages: ConversationBus | None = None,
+) -> Bot:
+    """The bot ``--bot`` names, configured from ``config_path`` (else ``--config``);
+    voice bots publish their conversations on ``messages`` (one bus per server)."""
     config = bot_config(args, config_path)
     if args.bot == "parrot":
         from .parrot import ParrotBot
@@ -123,7 +131,7 @@ def make_bot(args: argparse.Namespace, config_path: Path | None = None) -> Bot:
         return ParrotBot(jitter=config.jitter)
     from .voicebot import VoiceBot
 
-    return VoiceBot(config, record_dir=args.record)
+    return VoiceBot(config, record_dir=args.record, messages=messages)
 
 
 def parse_routes(specs: list[str]) -> dict[str, Path]:
@@ -142,13 +150,15 @@ def parse_routes(specs: list[str]) -> dict[str, Path]:
     return routes
 
 
-def make_routed_bots(args: argparse.Namespace, routes: dict[str, Path]) -> dict[str, Bot]:
+def make_routed_bots(
+    args: argparse.Namespace, routes: dict[str, Path], messages: ConversationBus | None = None
+) -> dict[str, Bot]:
     """One bot per path. Voice bots with the same model and LLM settings share one set
     of loaded models: the first of them loads it, the others borrow it."""
     bots: dict[str, Bot] = {}
     owners: dict[Any, Any] = {}
     for path, config_path in routes.items():
-        bot = make_bot(args, config_path)
+        bot = make_bot(args, config_path, messages)
         config = getattr(bot, "config", None)
         if isinstance(config, BotConfig):
             key = (config.models, config.llm)
@@ -203,8 +213,9 @@ def main(args: argparse.Namespace) -> int:
         if args.route and args.config is not None:
             raise ConfigError("--config and --route do not mix: give each route its own file")
         routes = parse_routes(args.route)
-        bot = None if routes else make_bot(args)
-        bots = make_routed_bots(args, routes) if routes else None
+        messages = ConversationBus()
+        bot = None if routes else make_bot(args, messages=messages)
+        bots = make_routed_bots(args, routes, messages) if routes else None
     except ConfigError as exc:
         print(f"voicegraph serve: {exc}", file=sys.stderr)
         return 2
@@ -223,6 +234,10 @@ def main(args: argparse.Namespace) -> int:
         record_dir=args.record,
     )
     server = VoiceStreamServer(config, bot, bots=bots)
+    if args.bot == "voice":  # conversation events of every call, same key as the calls
+        server.add_websocket_route(
+            "/events", partial(serve_events, bus=messages, api_key=config.api_key)
+        )
     message = run_reporting_startup_errors(serve_until_signalled, server)
     if message:
         print(f"voicegraph serve: {message}", file=sys.stderr)

@@ -264,6 +264,10 @@ class Conversation:
         try:
             with reply.scope:
                 await body(reply)
+                if reply.pieces:
+                    # Everything is sent, but the caller is still hearing it: a barge-in
+                    # now must still mark the reply interrupted and trim the history.
+                    await trio.sleep_until(reply.pieces[-1].ends)
         finally:
             if self._reply is reply:
                 self._reply = None

@@ -24,14 +24,19 @@ class PlayedPiece:
 
     text: str
     starts: float
-    ends: float
+    ends: float  # when it stops playing: the planned end, or earlier if interrupted
+    planned_ends: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.planned_ends = self.planned_ends or self.ends
 
     def heard_fraction(self, at: float) -> float:
+        """Share of the piece played by ``at``, against its full length (not the cut one)."""
         if at <= self.starts:
             return 0.0
-        if at >= self.ends or self.ends <= self.starts:
+        if at >= self.planned_ends or self.planned_ends <= self.starts:
             return 1.0
-        return (at - self.starts) / (self.ends - self.starts)
+        return (at - self.starts) / (self.planned_ends - self.starts)
 
 
 class Playout:

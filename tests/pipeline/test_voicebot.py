@@ -185,3 +185,22 @@ async def test_record_keeps_transcript_and_both_sides(tmp_path):
     assert span(bot_audio, lines[2]).mean() > 300  # the reply
     assert span(bot_audio, lines[1]).max() == 0  # the bot is silent while the caller talks
     assert span(caller_audio, lines[1]).mean() > 300
+
+
+async def test_barge_in_during_the_last_chunk_still_counts_as_an_interruption():
+    """A one-piece reply is fully sent at once; cutting into its playout must still
+    mark it interrupted and keep only what was heard."""
+    one_piece = "You said {text} and that is all I can tell you about it for now my friend"
+    with trio.fail_after(90):
+        async with voice_bot(EchoLlm(one_piece), greeting="") as (bot, url):
+            async with open_call(url) as call:
+                spoken = await call.speak(caller("Is the shop open?"))
+                first = await call.wait_for_bot_audio(spoken.speech_end_at)
+                await trio.sleep(0.8)
+                await call.speak(caller("Sorry, one more question please."))
+                await trio.sleep(2.0)
+    assert first.duration > 2.5  # long enough to cut into
+    assert len(call.interrupts) == 1
+    ((_, turns),) = bot.finished
+    assert turns[0].interrupted
+    assert 0 < len(turns[0].heard_text) < len(turns[0].reply_text)
