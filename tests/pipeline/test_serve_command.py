@@ -31,7 +31,8 @@ async def test_serve_publishes_each_turn_on_the_events_socket():
                 await events.send_message(json.dumps({"type": "subscribe", "channelIds": ["*"]}))
                 assert json.loads(await events.get_message())["type"] == "subscribed"
                 async with open_call(url, api_key="k3y", call_id="events-1") as call:
-                    await converse(call, [("q", speech("Please book a table for four people tonight."))], pause=0.3)
+                    turn = ("q", speech("Please book a table for four people tonight."))
+                    await converse(call, [turn], pause=0.3)
                 messages = []
                 while len(messages) < 3:
                     event = json.loads(await events.get_message())
