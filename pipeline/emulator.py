@@ -261,7 +261,8 @@ class CallerSide:
             next_nominal = start + tick * PACKET_SECONDS
             while queue and queue[0][0] < next_nominal:
                 send_at, _, message = heapq.heappop(queue)
-                await trio.sleep_until(send_at)
+                if send_at > trio.current_time():  # already due (no jitter): no timer
+                    await trio.sleep_until(send_at)
                 await ws.send_message(message)
                 self.packets_sent += 1
             await trio.sleep_until(next_nominal)
