@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.events import Media
-from pipeline.protocol import ClientProtocol, PayloadFormat, ServerProtocol
+from pipeline.protocol import PayloadFormat, ServerProtocol
+from pipeline.protocol_client import ClientProtocol
 from stages import mulaw
 from stages.jitter import JitterBuffer
 from stages.rtp import PAYLOAD_TYPE_PCMU, RtpPacket

@@ -66,7 +66,7 @@ from .emulator import (
     register,
 )
 from .events import CloseCode, Greeting, SpeechChunk
-from .protocol import ClientProtocol
+from .protocol_client import ClientProtocol
 
 __all__ = [
     "LOST_CONNECTION",

@@ -37,7 +37,7 @@ from stages.wav import WavError, decode_wav
 
 from .audiofile import save_wav
 from .events import ConnectedAck, Greeting, Interrupt, SpeechChunk
-from .protocol import ClientProtocol
+from .protocol_client import ClientProtocol
 
 __all__ = [
     "BotAudio",

@@ -1,12 +1,12 @@
 """The voice-stream protocol as a sans-IO core: whole WebSocket messages in, events out.
 
 No sockets, no Trio, no clock. :class:`ServerProtocol` (our bot) and
-:class:`ClientProtocol` (the platform, as our emulator plays it) turn a text or
-binary message into typed events (:mod:`pipeline.events`) and events back into
-messages. The transport owns the socket, the timers (10 s registration, 5 min
+:class:`~pipeline.protocol_client.ClientProtocol` (the platform, as our emulator
+plays it) turn a text or binary message into typed events (:mod:`pipeline.events`)
+and events back into messages. The transport owns the socket, the timers (10 s registration, 5 min
 inactivity) and the close frame; this core owns what every message means. Which
-event may happen in which state is one table per role (``SERVER_TRANSITIONS``,
-``CLIENT_TRANSITIONS``). Our own out-of-order sends raise
+event may happen in which state is one table per role (``SERVER_TRANSITIONS`` here,
+``CLIENT_TRANSITIONS`` in :mod:`pipeline.protocol_client`). Our own out-of-order sends raise
 :class:`LocalProtocolError`; the peer's input never raises.
 
 Bad input from the platform. *Skip* returns a :class:`~pipeline.events.MessageSkipped`
@@ -39,12 +39,6 @@ jitter buffer conceals it), not the call; anything that mixes calls ends the cal
 No RTP check here: :class:`stages.rtp.RtpDepacketizer` parses every packet anyway,
 counts the malformed ones with a reason and is the one owner of what valid RTP is;
 a second check would cost the hot path and could disagree with it.
-
-The emulator's side is strict, because it exists to catch our server's mistakes:
-malformed JSON, a binary frame, a bad payload, a message out of order or for another
-call all close with 1002 (1009 for size). Unknown events and a repeated
-acknowledgement are skipped. A bare ``{"event":"connected"}`` acknowledgement is
-accepted: the platform's own sample server sends one.
 
 JSON is parsed by ``orjson`` when it is installed (about five times faster on a
 Buffer payload) and by :mod:`json` when it is not or when orjson refuses a message,
@@ -84,9 +78,7 @@ from .payload import (
     MAX_CHARS_PER_BYTE,
     PayloadError,
     decode_payload,
-    encode_base64,
     encode_buffer_json,
-    encode_byte_list_json,
     max_buffer_json_size,
 )
 
@@ -96,11 +88,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 
 __all__ = [
-    "CLIENT_TRANSITIONS",
     "SAMPLE_RATE",
     "SERVER_TRANSITIONS",
-    "ClientProtocol",
-    "ClientState",
     "LocalProtocolError",
     "MessageTooBig",
     "PayloadFormat",
@@ -126,14 +115,6 @@ class ServerState(enum.Enum):
     REGISTERED = "registered"  # ``connected`` received, acknowledgement not yet sent
     ACTIVE = "active"
     CLOSING = "closing"  # a close was decided; the transport is closing the socket
-    CLOSED = "closed"
-
-
-class ClientState(enum.Enum):
-    IDLE = "idle"
-    AWAITING_ACK = "awaiting_ack"
-    ACTIVE = "active"
-    CLOSING = "closing"
     CLOSED = "closed"
 
 
@@ -164,22 +145,6 @@ SERVER_TRANSITIONS: Final[Mapping[tuple[ServerState, type], ServerState]] = Mapp
             (_S.ACTIVE, Interrupt): _S.ACTIVE,
         },
         ServerState,
-    )
-)
-
-_C = ClientState
-CLIENT_TRANSITIONS: Final[Mapping[tuple[ClientState, type], ClientState]] = MappingProxyType(
-    _with_closing(
-        {
-            (_C.IDLE, Connected): _C.AWAITING_ACK,
-            (_C.AWAITING_ACK, Media): _C.AWAITING_ACK,
-            (_C.AWAITING_ACK, ConnectedAck): _C.ACTIVE,
-            (_C.ACTIVE, Media): _C.ACTIVE,
-            (_C.ACTIVE, Greeting): _C.ACTIVE,
-            (_C.ACTIVE, SpeechChunk): _C.ACTIVE,
-            (_C.ACTIVE, Interrupt): _C.ACTIVE,
-        },
-        ClientState,
     )
 )
 
@@ -530,136 +495,3 @@ class ServerProtocol(_Core):
 
     def _encode_interrupt(self, event: Interrupt) -> list[str]:
         return [_dumps({"event": "interrupt", "callId": self._own(event)})]
-
-
-_PAYLOAD_ENCODERS: Final[dict[str, Callable[[bytes], str]]] = {
-    "buffer": encode_buffer_json,
-    "base64": lambda data: '"' + encode_base64(data) + '"',
-    "list": encode_byte_list_json,
-}
-
-
-class ClientProtocol(_Core):
-    """The platform's side of one call, for the call emulator and tests."""
-
-    _TRANSITIONS = CLIENT_TRANSITIONS
-    _CLOSING = frozenset({ClientState.CLOSING, ClientState.CLOSED})
-    _STRICT = frozenset(ClientState) - _CLOSING
-
-    def __init__(
-        self,
-        call_id: str,
-        mobile_no: str = "",
-        *,
-        extra: Mapping[str, Any] | None = None,
-        max_message_size: int = MAX_MESSAGE_SIZE,
-    ) -> None:
-        super().__init__(ClientState.IDLE, max_message_size)
-        if type(call_id) is not str or not call_id:
-            raise ValueError(f"callId must be a non-empty string, not {call_id!r}")
-        reserved = {"event", "callId", "mobileNo"} & set(extra or {})
-        if reserved:
-            raise ValueError(f"extra fields may not replace {sorted(reserved)}")
-        self._call_id = call_id
-        self.mobile_no = mobile_no
-        self.extra = MappingProxyType(dict(extra or {}))
-        self._media_prefix = _media_prefix(call_id)
-        self._handlers = {
-            "connected": self._on_ack,
-            "greeting": self._on_greeting,
-            "media": self._on_media,
-            "interrupt": self._on_interrupt,
-        }
-        self._encoders = {
-            Connected: self._encode_connected,
-            Media: self._encode_media,
-            CloseConnection: self._encode_close,
-        }
-
-    @property
-    def call_id(self) -> str:
-        return self._call_id
-
-    def connect(self) -> str:
-        """Register the call: ``{"event":"connected","callId":...,"mobileNo":...}``."""
-        return self.send(Connected(self.call_id, self.mobile_no, self.extra))[0]
-
-    def media(
-        self,
-        rtp_packet: bytes,
-        timestamp: int | None = None,
-        payload_format: PayloadFormat = "buffer",
-    ) -> str | bytes:
-        """One packet of caller audio, as a JSON ``media`` message or a binary frame."""
-        if (self._state, Media) not in self._TRANSITIONS:
-            raise LocalProtocolError(f"cannot send media in state {self._state}")
-        message = self._media_message(rtp_packet, timestamp, payload_format)
-        self._sent += 1
-        return message
-
-    def _media_message(
-        self, packet: bytes, timestamp: int | None, payload_format: PayloadFormat
-    ) -> str | bytes:
-        if not packet:
-            raise ValueError("a media packet is never empty")
-        if payload_format == "binary":
-            return bytes(packet)
-        encode = _PAYLOAD_ENCODERS.get(payload_format)
-        if encode is None:
-            raise ValueError(f"unknown payload format {payload_format!r}")
-        return self._media_prefix + encode(packet) + _timestamp_suffix(timestamp)
-
-    def _encode_connected(self, event: Connected) -> list[str]:
-        fields = {"event": "connected", "callId": event.call_id, "mobileNo": event.mobile_no}
-        return [_dumps({**fields, **event.extra})]
-
-    def _encode_media(self, event: Media) -> list[str]:
-        return [self._media_message(event.payload, event.timestamp, "buffer")]  # type: ignore[list-item]
-
-    # --- the bot's messages --------------------------------------------------------
-
-    def _out_of_order(self, what: str) -> ProtocolViolation:
-        return self._violate(CloseCode.PROTOCOL_ERROR, f"{what} in state {self._state.value}")
-
-    def _payload(self, message: dict[str, Any]) -> bytes | ProtocolViolation:
-        try:
-            return decode_payload(message.get("payload"))
-        except PayloadError as exc:
-            return self._violate(CloseCode.PROTOCOL_ERROR, str(exc))
-
-    def _on_ack(self, message: dict[str, Any]) -> Event:
-        data = message.get("data", {})
-        if type(data) is not dict:
-            return self._violate(CloseCode.PROTOCOL_ERROR, f"ack with data {_short(data)}")
-        call_id = data.get("callId", self._call_id)
-        if call_id != self._call_id:
-            return self._violate(CloseCode.PROTOCOL_ERROR, f"ack for callId {_short(call_id)}")
-        if self._state is ClientState.ACTIVE:
-            return self._skip(SkipReason.DUPLICATE_CONNECTED, "acknowledged again")
-        if not self._advance(ConnectedAck):
-            return self._out_of_order("connected ack")
-        return ConnectedAck(self.call_id)
-
-    def _on_greeting(self, message: dict[str, Any]) -> Event:
-        if (self._state, Greeting) not in self._TRANSITIONS:
-            return self._out_of_order("greeting")
-        audio = self._payload(message)
-        return audio if type(audio) is ProtocolViolation else Greeting(audio)
-
-    def _on_media(self, message: dict[str, Any]) -> Event:
-        if (self._state, SpeechChunk) not in self._TRANSITIONS:
-            return self._out_of_order("media")
-        wrong_call = self._check_call_id(message)
-        if wrong_call is not None:
-            return wrong_call
-        wav = self._payload(message)
-        if type(wav) is ProtocolViolation:
-            return wav
-        timestamp = message.get("timestamp")
-        self._media += 1
-        return SpeechChunk(self.call_id, wav, timestamp if type(timestamp) is int else None)
-
-    def _on_interrupt(self, message: dict[str, Any]) -> Event:
-        if (self._state, Interrupt) not in self._TRANSITIONS:
-            return self._out_of_order("interrupt")
-        return self._check_call_id(message) or Interrupt(self.call_id)

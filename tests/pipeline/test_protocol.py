@@ -27,15 +27,13 @@ from pipeline.events import (
 )
 from pipeline.payload import encode_base64, encode_buffer_json
 from pipeline.protocol import (
-    CLIENT_TRANSITIONS,
     SERVER_TRANSITIONS,
-    ClientProtocol,
-    ClientState,
     LocalProtocolError,
     MessageTooBig,
     ServerProtocol,
     ServerState,
 )
+from pipeline.protocol_client import CLIENT_TRANSITIONS, ClientProtocol, ClientState
 from stages.wav import decode_wav, encode_mulaw_wav
 
 CALL_ID = "call_123456789"

@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed, wrap_client_stream
 from pipeline.call import Call
 from pipeline.emulator import Impairments, RegistrationError, converse, open_call
 from pipeline.parrot import ParrotBot
-from pipeline.protocol import ClientProtocol
+from pipeline.protocol_client import ClientProtocol
 from pipeline.server import ServerConfig, VoiceStreamServer
 from stages import mulaw
 
