@@ -81,6 +81,9 @@ class Call:
         self._encode_greeting = encode_greeting
         self._encode_interrupt = encode_interrupt
         self._pipeline_statistics: Callable[[], dict[str, Any]] | None = None
+        # Each edit gets the stage list a bot opens and returns the list to run: how a
+        # user (or the bench) puts a stage into a bot's graph without copying the bot.
+        self.stage_edits: list[Callable[[list[Stage[Any, Any]]], list[Stage[Any, Any]]]] = []
         self._hang_up = trio.Event()
         self.hang_up_code = 1000
         self.hang_up_reason = "call ended by bot"
@@ -112,7 +115,10 @@ class Call:
         RTP depacketizer) run in the reader's task, packets already waiting are handed
         over first, and its counters join the call's statistics.
         """
-        async with open_chain(*stages, **options) as chain:
+        chosen = list(stages)
+        for edit in self.stage_edits:
+            chosen = edit(chosen)
+        async with open_chain(*chosen, **options) as chain:
             assert chain.inbound is not None
             while True:
                 try:

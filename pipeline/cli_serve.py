@@ -188,7 +188,7 @@ class BorrowingVoiceBot:
         if services is None:
             raise RuntimeError("the owning voice bot is not serving yet")
         self.bot.services = services
-        self.bot.greeting = await self.bot._prepare_greeting(services.tts)
+        self.bot.greeting = await self.bot.prepare_greeting(services.tts)
         try:
             yield
         finally:

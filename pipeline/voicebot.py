@@ -100,7 +100,7 @@ class VoiceBot:
         self.finished: deque[tuple[str, list[TurnRecord]]] = deque(maxlen=100)
         self.greeting: tuple[str, bytes] | None = None
 
-    async def _prepare_greeting(self, tts: PiperTts) -> tuple[str, bytes] | None:
+    async def prepare_greeting(self, tts: PiperTts) -> tuple[str, bytes] | None:
         """The same greeting opens every call: make its audio once, at start-up."""
         conversation = self.config.conversation
         if conversation.greeting_wav:
@@ -130,7 +130,7 @@ class VoiceBot:
                 nursery.start_soon(tts.setup)
                 nursery.start_soon(llm.setup)
             self.services = SpeechServices(vad=vad, stt=stt, tts=tts, llm=llm)
-            self.greeting = await self._prepare_greeting(tts)
+            self.greeting = await self.prepare_greeting(tts)
             try:
                 yield
             finally:

@@ -13,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import trio
 
 from ..call import Bot, Call
 from ..frames import Frame
-from ..graph import RunningChain
 from ..stage import Stage
 
 __all__ = [
@@ -45,25 +44,6 @@ def insert_after(
     raise ValueError(f"no {kind.__name__} in the chain ({names})")
 
 
-class _EditedCall:
-    """The server's call as the bot sees it, except that the chain it opens is edited.
-
-    Everything else (sending speech, interrupts, statistics) is the real call's.
-    """
-
-    def __init__(self, call: Call, edit: StageEdit) -> None:
-        self._call = call
-        self._edit = edit
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-    def open_pipeline(
-        self, *stages: Stage[Any, Any], **options: Any
-    ) -> AbstractAsyncContextManager[RunningChain]:
-        return self._call.open_pipeline(*self._edit(list(stages)), **options)
-
-
 class EditedBot:
     """``bot`` with ``edit`` applied to the stage list of every call; otherwise ``bot``."""
 
@@ -78,7 +58,8 @@ class EditedBot:
         return self.bot.serving()
 
     async def handle_call(self, call: Call) -> None:
-        await self.bot.handle_call(cast(Call, _EditedCall(call, self.edit)))
+        call.stage_edits.append(self.edit)
+        await self.bot.handle_call(call)
 
 
 def with_stages(bot: Bot, edit: StageEdit) -> EditedBot:
@@ -153,8 +134,9 @@ class InstrumentedBot:
         def probe(stages: list[Stage[Any, Any]]) -> list[Stage[Any, Any]]:
             return [*stages, StageProbe(self.frames.append, call.call_id)]
 
+        call.stage_edits.append(probe)
         try:
-            await self.bot.handle_call(cast(Call, _EditedCall(call, probe)))
+            await self.bot.handle_call(call)
         finally:
             self.ended.add(call.call_id)
             self._changed.set()
