@@ -26,7 +26,7 @@ from stages.jitter import JitterBuffer
 from stages.rtp import PAYLOAD_TYPE_PCMU, RtpPacket
 
 from .load_caller import speech_like
-from .report import progress
+from .report import progress, timing_summary
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -172,18 +172,6 @@ def run_naive(function: Callable[[Any], bytes], messages: Sequence[str | bytes])
     return out
 
 
-def summary(ns: np.ndarray) -> dict[str, float]:
-    us = np.asarray(ns, dtype=np.float64) / 1000.0
-    p50, p90, p99, p999 = np.percentile(us, [50, 90, 99, 99.9])
-    return {
-        "median_us": float(p50),
-        "p90_us": float(p90),
-        "p99_us": float(p99),
-        "p999_us": float(p999),
-        "mean_us": float(us.mean()),
-    }
-
-
 def check_path(messages: Sequence[str | bytes]) -> None:
     """A benchmark of a broken path is worthless: our path and the naive one must agree."""
     server = registered_server()
@@ -249,14 +237,14 @@ def measure_packets(packets: int) -> dict[str, Any]:
     for fmt in FORMATS:
         packet_ns, frame_ns = net(per_packet[fmt]), net(per_frame[fmt])
         layers = {
-            "receive_message": summary(packet_ns[:, 0]),
-            "RtpPacket.parse": summary(packet_ns[:, 1]),
-            "JitterBuffer.push": summary(packet_ns[:, 2]),
-            "tick": summary(frame_ns[:, 0]),
-            "mulaw.decode": summary(frame_ns[:, 1]),
+            "receive_message": timing_summary(packet_ns[:, 0]),
+            "RtpPacket.parse": timing_summary(packet_ns[:, 1]),
+            "JitterBuffer.push": timing_summary(packet_ns[:, 2]),
+            "tick": timing_summary(frame_ns[:, 0]),
+            "mulaw.decode": timing_summary(frame_ns[:, 1]),
         }
-        ours = summary(net(whole[fmt]))
-        baselines = {name: summary(net(values)) for name, values in naive_ns[fmt].items()}
+        ours = timing_summary(net(whole[fmt]))
+        baselines = {name: timing_summary(net(values)) for name, values in naive_ns[fmt].items()}
         row: dict[str, Any] = {
             "message_bytes": len(messages[fmt][0]),
             "frames_per_packet": len(per_frame[fmt]) / packets,

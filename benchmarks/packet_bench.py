@@ -46,7 +46,7 @@ from stages.jitter import JitterBuffer
 from stages.rtp import RtpPacket
 
 from .codec_bench import speech_like
-from .report import progress, write_report
+from .report import progress, timing_summary, write_report
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -139,19 +139,6 @@ def run_baseline(wire: Sequence[bytes]) -> list[tuple[int, int]]:
     return out
 
 
-def summary(ns: np.ndarray) -> dict[str, float]:
-    us = ns / 1000.0
-    p50, p90, p99, p999 = np.percentile(us, [50, 90, 99, 99.9])
-    return {
-        "median_us": float(p50),
-        "p90_us": float(p90),
-        "p99_us": float(p99),
-        "p999_us": float(p999),
-        "mean_us": float(us.mean()),
-        "max_us": float(us.max()),
-    }
-
-
 def measure(packets: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     mulaw.warm_up()
     progress(f"building a call of {packets} packets ({packets * 0.02:.0f} s of audio)")
@@ -189,7 +176,7 @@ def measure(packets: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     }
     samples["baseline (sum)"] = base[:, 0] + base[:, 1]
 
-    summaries = {name: summary(values) for name, values in samples.items()}
+    summaries = {name: timing_summary(values) for name, values in samples.items()}
     ours, floor = summaries["ours (total)"], summaries["baseline (sum)"]
     stats = total_buffer.statistics()
     results = {

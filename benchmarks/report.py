@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -18,9 +19,23 @@ import matplotlib.pyplot as plt
 from pipeline.benchkit.report import cpu_model, describe_run, machine, progress, save_figure
 from pipeline.benchkit.report import write_json as _write_json
 
-__all__ = ["RESULTS_DIR", "cpu_model", "machine", "progress", "write_report"]
+__all__ = ["RESULTS_DIR", "cpu_model", "machine", "progress", "timing_summary", "write_report"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def timing_summary(ns: np.ndarray) -> dict[str, float]:
+    """Per-item timings (nanoseconds) as the microsecond percentiles every benchmark reports."""
+    us = np.asarray(ns, dtype=np.float64) / 1000.0
+    p50, p90, p99, p999 = np.percentile(us, [50, 90, 99, 99.9])
+    return {
+        "median_us": float(p50),
+        "p90_us": float(p90),
+        "p99_us": float(p99),
+        "p999_us": float(p999),
+        "mean_us": float(us.mean()),
+        "max_us": float(us.max()),
+    }
 
 
 def write_report(
