@@ -11,9 +11,11 @@ How a turn is found (all times in :class:`TurnConfig`):
   wobble around one value do not flap the state.
 - ``min_speech_ms`` of speech is needed before :class:`SpeechStarted`; a shorter blip
   (a click, a breath) is forgotten.
-- The turn ends after ``min_silence_ms`` of silence (the end-of-turn hangover): the
-  main latency/interruption trade-off of a voice bot. 600 ms suits telephone
-  dialogue: shorter cuts callers off at commas, longer makes the bot feel slow.
+- The turn ends after ``min_silence_ms`` of silence (the end-of-turn hangover),
+  counted from the energy-refined end of speech (below), not from the VAD's release,
+  which trails the voice by a window or two: the main latency/interruption trade-off
+  of a voice bot. Telephone dialogue wants 500-700 ms: shorter cuts callers off at
+  commas, longer makes the bot feel slow.
 - Speech bounds: the VAD puts them on its 32 ms window grid (the start at the first
   window of the run above ``release_threshold`` that led to activation, the end at
   the last window at or above ``threshold``), and Silero's probability trails the
@@ -34,7 +36,8 @@ How a turn is found (all times in :class:`TurnConfig`):
 
 Barge-in: while the bot is speaking (``BotSpeech.speaking``, a flag the turn manager
 sets around playback), a stricter gate applies: ``barge_in_min_speech_ms`` (default
-250 ms) of continuous speech at or above ``barge_in_threshold`` before a
+250 ms) of continuous speech, at or above ``barge_in_threshold`` since the run
+rose above ``release_threshold`` (where the speech began), before a
 :class:`BargeIn` is emitted, once per stretch of speech, so a click, a cough or line
 noise does not stop the bot. ``barge_in_gate``, if given, is a further predicate
 over the caller's audio so far: the hook for a words-based gate (e.g. "only if a
@@ -211,6 +214,7 @@ class Endpointer:
         self._active = False  # SpeechStarted sent
         self._last_loud_end = 0  # end of the last window >= threshold
         self._silent_since: int | None = None
+        self._quiet_from = 0  # where the current silence is counted from (see _in_speech)
         self._barge_run: int | None = None  # start of continuous speech >= barge threshold
         self._barged = False
         self._noise_db: float | None = None  # running level of clearly non-speech windows
@@ -260,6 +264,15 @@ class Endpointer:
         if p < config.release_threshold:
             if self._silent_since is None:
                 self._silent_since = frame.start_sample
+                # Silero releases a window or two after the voice stops: count the
+                # hangover from the energy-refined end of speech, never later than
+                # the release itself.
+                refined = (
+                    self._refine(self._last_loud_end, rate, start=False)
+                    if self._active
+                    else self._silent_since
+                )
+                self._quiet_from = min(self._silent_since, max(self._onset, refined))
         else:
             self._silent_since = None
             if self._paused:
@@ -283,7 +296,7 @@ class Endpointer:
                 started = SpeechStarted(sample=self._onset, sample_rate=rate, captured_at=0.0)
                 events.append(self._timed(started, frame))
         events.extend(self._barge_in(frame))
-        silent_for = frame.end_sample - self._silent_since if self._silent_since is not None else 0
+        silent_for = frame.end_sample - self._quiet_from if self._silent_since is not None else 0
         if self._active and silent_for >= self._ms(config.min_silence_ms, rate):
             events.append(self._segment(frame, forced=False))
         elif (
@@ -306,7 +319,10 @@ class Endpointer:
             self._barge_run = None
             return []
         if self._barge_run is None:
-            self._barge_run = frame.start_sample
+            # the speech began where this run rose above release_threshold, usually a
+            # window before Silero is sure enough for the stricter barge-in threshold
+            run = self._run_start
+            self._barge_run = frame.start_sample if run is None else min(run, frame.start_sample)
         if self._barged or not self.bot.speaking:
             return []
         if frame.end_sample - self._barge_run < self._ms(config.barge_in_min_speech_ms, rate):

@@ -65,6 +65,8 @@ def test_boundaries_land_within_60_ms(model, voice, text):
     assert abs(segment.speech_start - 8000) <= TOLERANCE
     assert abs(segment.speech_end - (8000 + len(clip))) <= TOLERANCE
     assert started.sample == segment.speech_start
+    # the 600 ms hangover runs from the end of the voice, not from Silero's late release
+    assert 4800 - TOLERANCE <= segment.decided_sample - (8000 + len(clip)) <= 4800 + SIZE + 80
     # the audio is the call's own samples, padded by pre-roll and post-roll
     assert segment.start_sample == segment.speech_start - 1600
     assert segment.end_sample == segment.speech_end + 1200
