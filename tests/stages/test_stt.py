@@ -66,6 +66,10 @@ def test_repetition_and_loop_trimming():
     assert repetition("Yes. Yes. Yes.") == "word repeated"
     assert repetition("Please call me back. Please call") is not None
     assert repetition("My number is five five two") is None
+    # a phone number repeats digits for real; a word loop is still a loop
+    assert repetition("Five five five, two one nine eight.") is None
+    assert repetition("5 5 5 2 1 9 8") is None
+    assert repetition("time time time two one") == "word repeated"
     assert trim_loop("Not really. Not really. Not") == "Not really."
     assert trim_loop("Five five five two one") == "Five five five two one"
 
