@@ -381,7 +381,12 @@ class Conversation:
             record.bot_ended_at = reply.pieces[-1].ends
         if record.caller_text:
             self.history.append(Message("user", record.caller_text))
-        if record.heard_text:
+        heard_all = not record.interrupted and not reply.scope.cancelled_caught
+        if heard_all and reply.pieces and not record.llm_failed and record.reply_text.strip():
+            # all of it was heard: keep the model's own words, which its cache already
+            # holds, so the next turn's prompt is evaluated from where this one ended
+            self.history.append(Message("assistant", record.reply_text.strip()))
+        elif record.heard_text:
             self.history.append(Message("assistant", record.heard_text))
         excess = len(self.history) - self.config.max_history_messages
         if excess > 0:

@@ -17,6 +17,7 @@ state changes and each finished turn are published there, and an operator's
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from pathlib import Path
 import trio
 
 from stages import mulaw
-from stages.llm import LlmBackend, create_llm
+from stages.llm import LlmBackend, LlmError, Message, create_llm
 from stages.playout import JitterStage
 from stages.rtp import RtpDepacketizer
 from stages.stt import SttConfig, SttService, open_stt_service
@@ -43,6 +44,8 @@ from .recorder import CallRecorder
 from .speaking import Playout
 
 __all__ = ["SpeechServices", "VoiceBot", "build_llm"]
+
+logger = logging.getLogger("voicegraph.bot")
 
 
 @dataclass(slots=True)
@@ -114,6 +117,25 @@ class VoiceBot:
             return conversation.greeting, await tts.synthesize(conversation.greeting)
         return None
 
+    async def prime_llm(self, llm: LlmBackend) -> None:
+        """Put the system prompt into a local model's cache before the first caller turn.
+
+        Optional for a backend (a remote server keeps its own cache): only those with a
+        ``prime`` method are primed. A failure here is the first call's problem, not a
+        reason to refuse serving, so it is logged, not raised.
+        """
+        prime = getattr(llm, "prime", None)
+        if prime is None:
+            return
+        opening = [
+            Message("system", self.config.conversation.system_prompt),
+            Message("user", "Hello?"),
+        ]
+        try:
+            await prime(opening)
+        except LlmError as exc:
+            logger.warning("could not prime the LLM", extra={"error": str(exc)})
+
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:
         """Load and run the shared models for as long as the server runs."""
@@ -131,6 +153,7 @@ class VoiceBot:
                 nursery.start_soon(llm.setup)
             self.services = SpeechServices(vad=vad, stt=stt, tts=tts, llm=llm)
             self.greeting = await self.prepare_greeting(tts)
+            await self.prime_llm(llm)
             try:
                 yield
             finally:

@@ -60,8 +60,10 @@ class JitterConfig:
     """Seconds: the delay never adapts below this, a floor against scheduling noise."""
     max_delay: float = 0.3
     """Seconds: beyond this a conversation feels broken, so we lose packets instead."""
-    initial_delay: float = 0.06
-    """Seconds of delay before the first frame, while the jitter is still unknown."""
+    initial_delay: float = 0.04
+    """Seconds of delay before the first frame, while the jitter is still unknown. Every
+    millisecond of it is added to the bot's reaction time, so start at the floor and let
+    measured jitter grow it (a stretched frame at a quiet moment)."""
     jitter_multiplier: float = 3.0
     """Target delay = clamp(multiplier × RFC 3550 jitter, min_delay, max_delay); 3 covers
     the spread of uniform or Gaussian arrival noise around its mean."""

@@ -14,8 +14,8 @@ works. The model loads when the service starts, so a bad path fails at start-up.
 Short-utterance path. Whisper's encoder is trained on 30 s windows, and a 1-3 s
 utterance padded to 30 s spends most of its time encoding silence. CTranslate2
 accepts a shorter mel window, so we encode only the utterance plus
-``window_pad_s`` of silence (1 s), greedy. A short window used naively repeats
-phrases, so the result is only trusted when:
+``window_pad_s`` of silence (2 s: with less the decoder guesses more), greedy. A
+short window used naively repeats phrases, so the result is only trusted when:
 
 - the decoder stopped by itself within a token budget bounded by the duration
   (``token_base + tokens_per_second × seconds``);
@@ -128,7 +128,7 @@ class SttConfig:
     cpu_threads: int = 0  # per worker; 0: the machine's cores shared among workers
     language: str = "en"
     short_window: bool = True
-    window_pad_s: float = 1.0
+    window_pad_s: float = 2.0
     retry_window_pad_s: float = 8.0  # 0: straight to the full window
     beam_size: int = 1
     fallback_beam_size: int = 5

@@ -204,3 +204,24 @@ async def test_barge_in_during_the_last_chunk_still_counts_as_an_interruption():
     ((_, turns),) = bot.finished
     assert turns[0].interrupted
     assert 0 < len(turns[0].heard_text) < len(turns[0].reply_text)
+
+
+class PrimedEcho(EchoLlm):
+    """The echo fake, recording what it was primed with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primed: list[list[tuple[str, str]]] = []
+
+    async def prime(self, messages) -> None:
+        self.primed.append([(m.role, m.content) for m in messages])
+
+
+async def test_llm_is_primed_with_the_system_prompt_once_at_start_up():
+    llm = PrimedEcho()
+    with trio.fail_after(60):
+        async with voice_bot(llm, greeting="", system_prompt="You are the bakery.") as (_, url):
+            async with open_call(url):
+                pass
+    assert len(llm.primed) == 1
+    assert llm.primed[0][0] == ("system", "You are the bakery.")
