@@ -86,12 +86,14 @@ class LlmConfig:
     temperature: float = 0.7
     max_tokens: int = 96
     timeout_s: float = 10.0
+    threads: int = 0  # local backend: llama.cpp threads (0: every core)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelsConfig:
     tts_voice: str = ""
     tts_length_scale: float = 1.0
+    tts_threads: int = 0  # ONNX Runtime threads per sentence (0: every core)
     stt_model: str = ""
     vad_model: str = ""
 
@@ -120,7 +122,10 @@ class BotConfig:
 _SECTIONS: dict[str, tuple[str, dict[str, str] | None]] = {
     "bot": ("conversation", None),
     "llm": ("llm", None),
-    "tts": ("models", {"voice": "tts_voice", "length_scale": "tts_length_scale"}),
+    "tts": (
+        "models",
+        {"voice": "tts_voice", "length_scale": "tts_length_scale", "threads": "tts_threads"},
+    ),
     "stt": ("models", {"model": "stt_model"}),
     "vad": ("models", {"model": "vad_model"}),
     "turns": ("turns", None),

@@ -95,6 +95,7 @@ class _Reply:
     superseded: bool = False
     greeting: bool = False
     done: trio.Event = field(default_factory=trio.Event)
+    first_audio: trio.Event = field(default_factory=trio.Event)  # first piece synthesized
 
     def mark(self, name: str, now: float) -> None:
         if name not in self.record.timings_ms:
@@ -333,6 +334,11 @@ class Conversation:
                                 reply.mark("first_clause", trio.current_time())
                                 queued += 1
                                 await pieces.send(piece)
+                            if queued and not reply.first_audio.is_set():
+                                # The caller waits for the first clause's audio and for
+                                # nothing else: give TTS the cores until it is out (the
+                                # rest is generated while that audio plays).
+                                await reply.first_audio.wait()
                 if wait.cancelled_caught:
                     raise LlmError(f"no reply within {self.llm_timeout:g} s")
                 for piece in splitter.flush():
@@ -349,7 +355,10 @@ class Conversation:
     async def _speak(self, reply: _Reply, pieces: trio.MemoryReceiveChannel[str]) -> None:
         """Pieces → TTS → (once the turn is committed) media out, one chunk per piece."""
         async for piece in pieces:
-            audio = await self.tts.synthesize(piece)
+            try:
+                audio = await self.tts.synthesize(piece)
+            finally:
+                reply.first_audio.set()
             if not audio:
                 continue
             reply.mark("tts_first_chunk", trio.current_time())

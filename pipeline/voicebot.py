@@ -18,6 +18,7 @@ state changes and each finished turn are published there, and an operator's
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,6 +70,8 @@ def build_llm(config: LlmConfig) -> LlmBackend:
         }
         if config.model:
             options["model_path"] = config.model
+        if config.threads > 0:
+            options["threads"] = config.threads
         return create_llm("local", **options)
     if config.backend == "openai":
         return create_llm(
@@ -142,7 +145,11 @@ class VoiceBot:
         models = self.config.models
         mulaw.warm_up()
         vad_model = SileroModel(models.vad_model or None)
-        tts = PiperTts(models.tts_voice or None, length_scale=models.tts_length_scale)
+        tts = PiperTts(
+            models.tts_voice or None,
+            length_scale=models.tts_length_scale,
+            threads=models.tts_threads or (os.cpu_count() or 1),
+        )
         llm = self._llm or build_llm(self.config.llm)
         async with (
             open_vad_service(vad_model) as vad,

@@ -59,10 +59,13 @@ class LlamaCppLlm:
 
     ``n_ctx`` bounds prompt plus reply (the conversation must fit: keep history
     bounded); ``max_tokens`` bounds one reply (a phone reply should be short).
-    ``threads``: llama.cpp threads (None: half the cores, llama.cpp's own default).
-    Its threads busy-wait for each other, so on cores shared with STT and TTS more
-    threads can be slower: on two busy cores one thread gave ~70 tokens/s and a
-    ~260 ms cold first token where two gave 13-85 tokens/s and 480-1000 ms.
+    ``threads``: llama.cpp threads (None: every core). Its threads busy-wait for each
+    other, so they are fast on idle cores and slow on cores busy with STT and TTS:
+    here two gave ~115 tokens/s and a ~60 ms first token where one gave ~72 and
+    ~115 ms on an idle machine, but on two busy cores one thread did better. The
+    turn manager keeps one call's models out of each other's way (it holds the LLM
+    while the first clause is synthesized); for many concurrent calls on few cores,
+    use 1.
     ``seed`` makes sampling repeatable; ``temperature=0`` makes it greedy.
     """
 
@@ -88,7 +91,7 @@ class LlamaCppLlm:
         self.temperature = temperature
         self.top_p = top_p
         self.repeat_penalty = repeat_penalty
-        self.threads = threads or max(1, (os.cpu_count() or 1) // 2)
+        self.threads = threads or (os.cpu_count() or 1)
         self.batch = batch
         self.seed = seed
         self.chat_format = chat_format

@@ -65,11 +65,14 @@ class PiperTts:
     ``length_scale`` > 1 speaks slower (None: the voice's own). ``volume`` is the
     peak level of each sentence (below 1 leaves headroom for the resampler's
     ripple). ``threads``: ONNX Runtime threads per sentence (None: its default, one
-    per core). One is the default because the cores are shared with STT, VAD and
-    the LLM: on two busy cores one thread synthesized at a real-time factor of
-    ~0.12 where ONNX Runtime's default (spinning threads that wait for each other)
-    took ~0.17. ``workers``: how many sentences may be synthesized at once (one
-    session serves them all; raise it with the core count for many calls).
+    per core, spinning). Ours never spin when idle (they would steal the cores
+    from the LLM). One is the class default because cores are often shared with
+    other calls' STT, VAD and LLM: on two busy cores one thread synthesized at a
+    real-time factor of ~0.12 where ONNX Runtime's default took ~0.17; on two idle
+    cores two threads synthesize a clause ~1.7x faster than one (50 vs 87 ms for
+    0.84 s of speech), which is what the voice bot uses by default. ``workers``: how
+    many sentences may be synthesized at once (one session serves them all; raise it
+    with the core count for many calls).
     """
 
     name = "piper"
@@ -142,6 +145,7 @@ class PiperTts:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(
             str(model), sess_options=options, providers=["CPUExecutionProvider"]
         )
