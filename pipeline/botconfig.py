@@ -86,7 +86,7 @@ class LlmConfig:
     temperature: float = 0.7
     max_tokens: int = 96
     timeout_s: float = 10.0
-    threads: int = 0  # local backend: llama.cpp threads (0: every core)
+    threads: int = 0  # local backend: llama.cpp prompt threads (0: every core)
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,6 +193,7 @@ class Conversation:
         if reply is not None and not reply.committed.is_set():
             reply.superseded = True
             reply.scope.cancel()
+            self._release_index(reply)
 
     def _on_segment(self, segment: SpeechSegment) -> None:
         reply = self._reply
@@ -237,6 +238,7 @@ class Conversation:
                 # nothing said yet: the caller simply went on; answer both utterances
                 audio = np.concatenate([previous.audio, audio])
                 previous.superseded = True
+                self._release_index(previous)
                 started_at = previous.record.caller_started_at or started_at
             previous.scope.cancel()
         self._turn_index += 1
@@ -253,6 +255,12 @@ class Conversation:
             reply.mark("endpointing", now)
             reply.committed.set()
         self._start(self._answer, reply)
+
+    def _release_index(self, reply: _Reply) -> None:
+        """A superseded turn leaves no record: give its number to the next one, so turn
+        numbers count the caller's turns, not the tentative starts."""
+        if reply.record.index == self._turn_index and not reply.greeting:
+            self._turn_index -= 1
 
     def _start(self, body: Callable[[_Reply], Any], reply: _Reply) -> None:
         self._reply = reply
@@ -293,6 +301,7 @@ class Conversation:
         text = transcript.text.strip()
         if not text:
             reply.superseded = True  # noise or an empty turn: nothing to answer
+            self._release_index(reply)
             return
         reply.record.caller_text = text
         reply.record.stt_confidence = round(transcript.confidence, 3)

@@ -59,13 +59,14 @@ class LlamaCppLlm:
 
     ``n_ctx`` bounds prompt plus reply (the conversation must fit: keep history
     bounded); ``max_tokens`` bounds one reply (a phone reply should be short).
-    ``threads``: llama.cpp threads (None: every core). Its threads busy-wait for each
-    other, so they are fast on idle cores and slow on cores busy with STT and TTS:
-    here two gave ~115 tokens/s and a ~60 ms first token where one gave ~72 and
-    ~115 ms on an idle machine, but on two busy cores one thread did better. The
-    turn manager keeps one call's models out of each other's way (it holds the LLM
-    while the first clause is synthesized); for many concurrent calls on few cores,
-    use 1.
+    ``threads``: llama.cpp threads evaluating the prompt (None: every core);
+    ``generate_threads``: threads generating tokens (default 1). llama.cpp threads
+    busy-wait for each other, so they are fast on idle cores and slow on shared
+    ones. Alone on two idle cores, two threads gave a ~60 ms first token and ~115
+    tokens/s where one gave ~115 ms and ~72/s; but token by token in a live call
+    (a thread hop per token, the event loop and VAD on the same cores) two
+    generating threads measured slower than one. For many concurrent calls on few
+    cores, use 1 for both.
     ``seed`` makes sampling repeatable; ``temperature=0`` makes it greedy.
     """
 
@@ -81,6 +82,7 @@ class LlamaCppLlm:
         top_p: float = 0.9,
         repeat_penalty: float = 1.1,
         threads: int | None = None,
+        generate_threads: int = 1,
         batch: int = 256,
         seed: int | None = None,
         chat_format: str | None = None,
@@ -92,6 +94,7 @@ class LlamaCppLlm:
         self.top_p = top_p
         self.repeat_penalty = repeat_penalty
         self.threads = threads or (os.cpu_count() or 1)
+        self.generate_threads = max(1, generate_threads)
         self.batch = batch
         self.seed = seed
         self.chat_format = chat_format
@@ -122,7 +125,7 @@ class LlamaCppLlm:
             ) from exc
         options: dict[str, Any] = {
             "n_ctx": self.n_ctx,
-            "n_threads": self.threads,
+            "n_threads": self.generate_threads,
             "n_threads_batch": self.threads,
             "n_batch": self.batch,
             "chat_format": self.chat_format,

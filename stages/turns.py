@@ -94,7 +94,7 @@ class TurnConfig:
     max_utterance_s: float = 30.0
     barge_in_threshold: float = 0.6
     barge_in_min_speech_ms: float = 250.0
-    early_silence_ms: float | None = 250.0
+    early_silence_ms: float | None = 200.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.release_threshold <= self.threshold <= 1.0:

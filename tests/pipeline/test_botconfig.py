@@ -29,9 +29,11 @@ backend = "openai"
 url = "http://127.0.0.1:9000"
 model = "qwen"
 max_tokens = 50
+threads = 2
 [tts]
 voice = "/voices/amy.onnx"
 length_scale = 1.2
+threads = 1
 [stt]
 model = "small.en"
 [vad]
@@ -49,6 +51,7 @@ max_delay = 0.2
     assert (config.llm.backend, config.llm.model, config.llm.max_tokens) == ("openai", "qwen", 50)
     assert config.models.tts_voice == "/voices/amy.onnx"
     assert config.models.tts_length_scale == 1.2
+    assert (config.llm.threads, config.models.tts_threads) == (2, 1)
     assert config.models.stt_model == "small.en"
     assert config.models.vad_model == "/models/vad.onnx"
     assert config.turns.min_silence_ms == 500
