@@ -2,10 +2,11 @@
 
 For every caller turn: STT → LLM (streamed) → speakable pieces → TTS → media out,
 each piece sent the moment it is ready. The LLM waits while the first piece is
-synthesized: the caller waits for that audio alone, and the two would share cores. A turn may start speculatively on a
-:class:`~stages.turns.SpeechPaused`: it transcribes and thinks while the end-of-turn
-hangover runs, and sends nothing until the :class:`~stages.turns.SpeechSegment`
-commits it (a :class:`~stages.turns.SpeechResumed` cancels it instead).
+synthesized: the caller waits for that audio alone, and the two would share cores.
+A turn may start speculatively on a :class:`~stages.turns.SpeechPaused`: it
+transcribes and thinks while the end-of-turn hangover runs, and sends nothing until
+the :class:`~stages.turns.SpeechSegment` commits it (a
+:class:`~stages.turns.SpeechResumed` cancels it instead).
 
 Each reply runs inside one cancel scope. A barge-in cancels that scope (the LLM
 stream, TTS, unsent pieces all at once), sends ``interrupt`` and keeps in the
