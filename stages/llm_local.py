@@ -65,8 +65,9 @@ class LlamaCppLlm:
     ones. Alone on two idle cores, two threads gave a ~60 ms first token and ~115
     tokens/s where one gave ~115 ms and ~72/s; but token by token in a live call
     (a thread hop per token, the event loop and VAD on the same cores) two
-    generating threads measured slower than one. For many concurrent calls on few
-    cores, use 1 for both.
+    generating threads wrote some first clauses at ~30 tokens/s, so generation
+    stays on one (a judgement from e2e runs, not a clean A/B). For many concurrent
+    calls on few cores, use 1 for both.
     ``seed`` makes sampling repeatable; ``temperature=0`` makes it greedy.
     """
 
@@ -139,9 +140,7 @@ class LlamaCppLlm:
             raise LlmError(f"cannot load local LLM {str(path)!r}: {exc}") from exc
         self.model_path = path
         # The first evaluation allocates compute buffers; pay that at start-up.
-        warm = self._start([Message("user", "Hi")], max_tokens=1)
-        for _ in warm:
-            pass
+        self._evaluate([Message("user", "Hi")])
 
     async def setup(self) -> None:
         """Load the model in a worker thread (the event loop keeps running)."""
@@ -161,18 +160,19 @@ class LlamaCppLlm:
         if self._llama is None:
             raise LlmError("the local LLM is not loaded; await setup() first")
 
-        def evaluate() -> None:
-            for _ in self._start(messages, max_tokens=1):
-                pass
-
         async with self._limiter:
-            await trio.to_thread.run_sync(evaluate)
+            await trio.to_thread.run_sync(self._evaluate, messages)
 
     async def forget_cache(self) -> None:
         """Drop the KV cache, so the next prompt is evaluated in full (cold-start measurements)."""
         async with self._limiter:
             if self._llama is not None:
                 self._llama.reset()  # only rewinds a counter: no thread needed
+
+    def _evaluate(self, messages: Sequence[Message]) -> None:
+        """Run ``messages`` through the model for one token (blocking): fills the cache."""
+        for _ in self._start(messages, max_tokens=1):
+            pass
 
     def _start(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[Any]:
         return self._llama.create_chat_completion(
