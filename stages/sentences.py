@@ -9,11 +9,14 @@ A piece ends at
 - a sentence end (``.``, ``?``, ``!``, ``…``, possibly followed by closing quotes
   or brackets) followed by whitespace — so ``3.5``, ``10:30``, ``1,000``, ``e.g.``
   inside a word and URLs never cut, and a ``.`` at the very end of the text so
-  far waits for the next delta to show what follows it;
-- a clause boundary (``,``, ``;``, ``:`` followed by whitespace, or a dash) once
-  the piece holds at least ``first_clause_words`` words (the first piece) or
-  ``clause_words`` words (later pieces, which have the time the earlier ones
-  take to play);
+  far waits for the next delta to show what follows it (``?``, ``!`` and ``…``
+  do not: nothing but more punctuation ever continues a word after them);
+- a clause boundary (``,``, ``;``, ``:`` followed by whitespace, or a dash; a ``,``
+  or ``;`` right after a letter needs no whitespace to follow) once
+  the piece holds at least ``first_clause_words`` words (the first piece: one
+  by default, so "Sure," or "I'm sorry," is spoken while the model writes on,
+  the way a person starts an answer) or ``clause_words`` words (later pieces,
+  which have the time the earlier ones take to play);
 - a line break (markdown lists, paragraphs);
 - ``max_chars`` without any boundary, cut at the last space.
 
@@ -65,7 +68,9 @@ _QUOTE = re.compile(r"^\s*>\s?", re.MULTILINE)
 _EMPHASIS = re.compile(r"\*+|~~|`+|(?<!\w)_+|_+(?!\w)")
 _SPACES = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
-_ORPHAN_EDGE = re.compile(r"^[\s,;:\-—–]+|[\s,;\-—–]+$")
+# Edges a piece should not start or end with; the leading set includes what a cut
+# made right after a "?" can leave over for the next piece ("?!", "?)").
+_ORPHAN_EDGE = re.compile(r"^[\s,;:\-—–.?!…)\]}”’»]+|[\s,;\-—–]+$")
 
 
 def speakable(text: str) -> str:
@@ -99,7 +104,7 @@ class SentenceSplitter:
     """
 
     def __init__(
-        self, *, first_clause_words: int = 4, clause_words: int = 8, max_chars: int = 200
+        self, *, first_clause_words: int = 1, clause_words: int = 8, max_chars: int = 200
     ) -> None:
         if max_chars < 20:
             raise ValueError("max_chars below 20 would cut most words apart")
@@ -146,7 +151,8 @@ class SentenceSplitter:
                 while end < n and (text[end] in SENTENCE_END or text[end] in CLOSERS):
                     end += 1
                 if end == n:
-                    return n if final and speakable(text) else None
+                    done = final or ch in "?!…"
+                    return n if done and speakable(text) else None
                 if not text[end].isspace():
                     continue  # 3.5, e.g.x, example.com, "?!" runs handled above
                 if ch == "." and end == i + 1:
@@ -159,8 +165,9 @@ class SentenceSplitter:
             elif ch in CLAUSE_END or ch in DASHES or (ch == "-" and self._spaced(text, i)):
                 if ch in CLAUSE_END:
                     if i + 1 == n:
-                        return None  # is it "1,000" or "yes, ..."? the next delta tells
-                    if not text[i + 1].isspace():
+                        if ch == ":" or not text[i - 1 : i].isalpha():
+                            return None  # "1,000" or "yes, ..."? "10:30"? the next delta tells
+                    elif not text[i + 1].isspace():
                         continue
                 if _word_count(text[:i]) >= min_words:
                     return i + 1

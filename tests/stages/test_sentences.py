@@ -24,12 +24,12 @@ def pieces(text: str, step: int = 1, **options: int) -> list[str]:
 
 
 def test_first_clause_comes_out_before_the_reply_ends() -> None:
-    reply = "Well, our store opens at nine in the morning, and it closes at five in the evening."
+    reply = "Our store opens at nine in the morning, and it closes at five in the evening."
     out = feed_all(reply)
     first_at, first = out[0]
-    assert first == "Well, our store opens at nine in the morning"
-    # Out as soon as the space after the comma arrived, long before the reply ended.
-    assert first_at == reply.index(",", 10) + 2
+    assert first == "Our store opens at nine in the morning"
+    # Out as soon as the comma arrived (after a word: not "1,000"), long before the end.
+    assert first_at == reply.index(",") + 1
     assert [piece for _, piece in out[1:]] == ["and it closes at five in the evening."]
 
 
@@ -37,13 +37,28 @@ def test_sentences_are_emitted_as_soon_as_the_next_word_starts() -> None:
     splitter = SentenceSplitter()
     assert splitter.feed("Hello there.") == []  # "3." or "there." - not known yet
     assert splitter.feed(" How") == ["Hello there."]
-    assert splitter.feed(" are you?") == []
-    assert splitter.flush() == ["How are you?"]
+    # Nothing but more punctuation continues after "?" or "!": no need to wait.
+    assert splitter.feed(" are you?") == ["How are you?"]
+    assert splitter.feed("!") == []  # "?!" - what a cut after "?" leaves over is dropped
+    assert splitter.feed(" Fine") == []
+    assert splitter.flush() == ["Fine"]
 
 
-def test_short_leading_clause_is_not_cut_off() -> None:
-    # "Sure," alone is below first_clause_words: it stays with its sentence.
-    assert pieces("Sure, I can help. Thanks!") == ["Sure, I can help.", "Thanks!"]
+def test_a_comma_after_a_number_waits_for_the_next_delta() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.feed("It costs 1") == []
+    assert splitter.feed(",") == []  # "1,000" or "1, 2, 3"?
+    assert splitter.feed("000 dollars, I think.") == ["It costs 1,000 dollars"]
+
+
+def test_a_short_leading_clause_is_spoken_at_once() -> None:
+    # "Sure," is what the caller hears while the model writes the rest.
+    assert pieces("Sure, I can help. Thanks!") == ["Sure", "I can help.", "Thanks!"]
+    # A deployment that prefers whole-sentence prosody raises the threshold.
+    assert pieces("Sure, I can help. Thanks!", first_clause_words=4) == [
+        "Sure, I can help.",
+        "Thanks!",
+    ]
 
 
 def test_later_clauses_need_more_words_than_the_first() -> None:
@@ -61,7 +76,7 @@ def test_later_clauses_need_more_words_than_the_first() -> None:
         "Dr. Smith and Mr. Jones will see you.",
         "It costs 3.50 dollars or 1,000 yen in total.",
         "We open at 10:30 tomorrow and close at 17:45 sharp.",
-        "Bring something small, e.g. a pen or a card.",
+        "Bring something small like e.g. a pen or a card.",
         "Ask for J. R. Tolkien at the desk.",
         "Room No. 5 is on the left.",
         "Go to example.com to see more.",
@@ -99,8 +114,9 @@ def test_flush_returns_the_rest_and_resets() -> None:
     assert splitter.feed("No punctuation at all") == []
     assert splitter.flush() == ["No punctuation at all"]
     assert splitter.flush() == []
-    # The next reply starts over: its first clause uses the first-clause threshold.
-    assert splitter.feed("Okay then, here we go again, ") == ["Okay then, here we go again"]
+    # The next reply starts over: its first clause uses the first-clause threshold
+    # (two words would be far too few for a later piece).
+    assert splitter.feed("Okay then, here we go again, ") == ["Okay then"]
 
 
 def test_markdown_and_emoji_are_removed() -> None:
@@ -132,6 +148,7 @@ async def test_speakable_pieces_streams_from_an_async_source() -> None:
             yield word + " "
 
     assert [piece async for piece in speakable_pieces(deltas())] == [
-        "Hi there, my friend.",
+        "Hi there",
+        "my friend.",
         "This is it",
     ]

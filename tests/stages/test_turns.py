@@ -185,7 +185,7 @@ def test_barge_in_fires_on_400_ms_of_speech(model):
     audio = np.concatenate([silence(0.5), words, silence(0.5)])
     (barge,) = barge_events(model, audio)
     assert abs(barge.sample - 4000) <= TOLERANCE
-    assert barge.detected_sample - barge.sample >= 250 * 8
+    assert barge.detected_sample - barge.sample >= TurnConfig().barge_in_min_speech_ms * 8
     assert barge.detected_sample <= 4000 + 3200 + SIZE  # while the caller is still talking
 
 
