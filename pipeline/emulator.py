@@ -38,6 +38,7 @@ from stages.wav import WavError, decode_wav
 from .audiofile import save_wav
 from .events import ConnectedAck, Greeting, Interrupt, SpeechChunk
 from .protocol_client import ClientProtocol
+from .timers import sleep_until
 
 __all__ = [
     "BotAudio",
@@ -262,10 +263,10 @@ class CallerSide:
             while queue and queue[0][0] < next_nominal:
                 send_at, _, message = heapq.heappop(queue)
                 if send_at > trio.current_time():  # already due (no jitter): no timer
-                    await trio.sleep_until(send_at)
+                    await sleep_until(send_at)
                 await ws.send_message(message)
                 self.packets_sent += 1
-            await trio.sleep_until(next_nominal)
+            await sleep_until(next_nominal)  # the shared timer: hundreds of callers are cheap
 
     def _next_packet(self, nominal: float, protocol: ClientProtocol) -> bytes | str:
         packet = RtpPacket(

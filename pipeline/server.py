@@ -377,26 +377,33 @@ class VoiceStreamServer:
     async def _read_media(
         self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call
     ) -> None:
-        """Socket → protocol → the call's packet channel. Never waits on the bot."""
+        """Socket → protocol → the call's packet channel. Never waits on the bot.
+
+        The inactivity deadline is not moved on every message (re-registering a Trio
+        deadline 50 times a second per call is measurable at hundreds of calls): each
+        message stamps the time, and when the deadline comes it is re-armed from the
+        last stamp unless the call really has been quiet that long.
+        """
         timeout = self.config.inactivity_timeout
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as idle:
-            try:
-                while True:
-                    message = await ws.get_message()
-                    now = trio.current_time()
-                    idle.deadline = now + timeout
-                    call.stats.messages_received += 1
-                    for event in protocol.receive_message(message):
-                        if isinstance(event, Media):
-                            call.deliver_packet(event.payload, now)
-                        elif isinstance(event, ProtocolViolation):
-                            self.counters["protocol_errors"] += 1
-                            raise _CallEnded(event.code, event.reason)
-                        elif isinstance(event, MessageSkipped):
-                            call.count_skip(event.reason.value)
-            except ConnectionClosed:
-                call.end_of_media()
-                return
+        last_message_at = trio.current_time()
+        try:
+            while trio.current_time() < last_message_at + timeout:
+                with trio.move_on_at(last_message_at + timeout):
+                    while True:
+                        message = await ws.get_message()
+                        now = last_message_at = trio.current_time()
+                        call.stats.messages_received += 1
+                        for event in protocol.receive_message(message):
+                            if isinstance(event, Media):
+                                call.deliver_packet(event.payload, now)
+                            elif isinstance(event, ProtocolViolation):
+                                self.counters["protocol_errors"] += 1
+                                raise _CallEnded(event.code, event.reason)
+                            elif isinstance(event, MessageSkipped):
+                                call.count_skip(event.reason.value)
+        except ConnectionClosed:
+            call.end_of_media()
+            return
         self.counters["inactivity_timeouts"] += 1
         call.end_of_media()
         raise _CallEnded(CloseCode.NORMAL, f"inactive for {timeout:g} s")

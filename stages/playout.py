@@ -1,10 +1,11 @@
 """Playout: the Trio driver that runs a :class:`~stages.jitter.JitterBuffer` on the clock.
 
 The buffer is pure and knows nothing of time; this stage is the only place that
-reads the Trio clock. It sleeps until either a packet comes or the next frame is
-due, whichever is first, so it neither busy-loops nor ticks while the buffer is
-idle, and a clock that jumps (virtual time in tests) simply releases every frame
-that became due, in order.
+reads the Trio clock. It sleeps until the next frame is due (or, while the buffer
+is idle, until a packet comes), takes every packet that arrived meanwhile, and
+plays what is due: one wake-up per 20 ms frame, however the packets arrive. It
+never busy-loops, and a clock that jumps (virtual time in tests) simply releases
+every frame that became due, in order.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import trio
 
 from pipeline.frames import MulawAudio
 from pipeline.stage import Outbox, Stage
+from pipeline.timers import sleep_until
 from stages.jitter import JitterBuffer, JitterConfig, JitterOutput
 from stages.rtp import RtpFrame
 
@@ -60,22 +62,23 @@ class JitterStage(Stage[RtpFrame, MulawAudio]):
         buffer = self.buffer
         while True:
             due = buffer.next_tick_at
-            item: RtpFrame | None = None
             try:
-                try:
-                    # a packet is usually already waiting: skip the timeout scope then
+                if due is None:  # idle: the next packet restarts the schedule
+                    item = await inbox.receive()
+                    buffer.push(item.packet, item.captured_at, item.stamps)
+                else:
+                    # Wake once per frame, not once per packet as well: packets wait in
+                    # the channel (stamped with their arrival) until the next frame is due;
+                    # one shared timer task serves every call's ticks.
+                    await sleep_until(due)
+                while True:
                     item = inbox.receive_nowait()
-                except trio.WouldBlock:
-                    if due is None:
-                        item = await inbox.receive()
-                    else:
-                        with trio.move_on_at(due):
-                            item = await inbox.receive()
+                    buffer.push(item.packet, item.captured_at, item.stamps)
+            except trio.WouldBlock:
+                pass
             except trio.EndOfChannel:
                 break
             now = trio.current_time()
-            if item is not None:
-                buffer.push(item.packet, item.captured_at, item.stamps)
             while (due := buffer.next_tick_at) is not None and due <= now:
                 await outbox.send(self._frame(buffer.tick(now)))
         while buffer.buffered and buffer.next_tick_at is not None:
