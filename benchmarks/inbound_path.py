@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.benchkit.load_caller import speech_like
 from pipeline.events import Media
 from pipeline.protocol import PayloadFormat, ServerProtocol
 from pipeline.protocol_client import ClientProtocol
@@ -25,7 +26,6 @@ from stages import mulaw
 from stages.jitter import JitterBuffer
 from stages.rtp import PAYLOAD_TYPE_PCMU, RtpPacket
 
-from .load_caller import speech_like
 from .report import progress, timing_summary
 
 with warnings.catch_warnings():

@@ -1,14 +1,14 @@
 """The transport benchmark's second part: concurrent calls over loopback, real processes.
 
-The server and the callers (benchmarks/load_caller.py) run as separate processes; each
-phase measures CPU per call-second, packets sent, dropped, late and concealed, calls
-answered and echo latency.
+The server and the callers (``pipeline.benchkit.load_caller``, the same worker as
+``voicegraph bench capacity``, whose process handling this shares) run as separate
+processes; each phase measures CPU per call-second, packets sent, dropped, late and
+concealed, calls answered and echo latency.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -22,46 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.benchkit.capacity import Children, process_cpu_seconds, start_server
+
 from .inbound_path import CLK_TCK, REGISTRATION_TIMEOUT
 from .report import progress
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM me if the benchmark dies, even by SIGKILL."""
-    with contextlib.suppress(Exception):  # Linux only; elsewhere try/finally must do
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Children:
-    """Every process this benchmark started; all are stopped on the way out, whatever happens."""
-
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, preexec_fn=_die_with_parent, **kwargs)
-        self.processes.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def process_cpu_seconds(pid: int, default: float = 0.0) -> float:
-    """utime + stime of a process, from /proc (10 ms resolution); ``default`` once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return default
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def machine_busy_ticks() -> tuple[int, int]:
@@ -69,25 +33,6 @@ def machine_busy_ticks() -> tuple[int, int]:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]  # idle + iowait
     return sum(values[:8]) - idle, sum(values[:8])
-
-
-def start_server(children: Children, log: Path, ready: Path) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", "0"]
-    argv += ["--bot", "parrot", "--log-level", "info"]
-    with ready.open("wb") as out, log.open("wb") as err:
-        server = children.start(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        text = ready.read_text()
-        if text.endswith("\n"):
-            url = json.loads(text.splitlines()[0])["url"]
-            if not url.startswith("ws://127.0.0.1:"):
-                raise RuntimeError(f"the server is not on loopback: {url}")
-            return server, url
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}: {log.read_text()}")
-        time.sleep(0.05)
-    raise RuntimeError("the server did not report its URL within 60 s")
 
 
 def split(calls: int, workers: int) -> list[int]:
@@ -110,17 +55,21 @@ def run_phase(
     children: Children, calls: int, seconds: float, ramp: float, workers: int, workdir: Path
 ) -> dict[str, Any]:
     """One call count: fresh server, callers, measurements, SIGTERM; a summary row."""
-    log, ready = workdir / f"server-{calls}.log", workdir / f"server-{calls}.out"
-    server, url = start_server(children, log, ready)
+    serve = [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", "0"]
+    serve += ["--bot", "parrot", "--log-level", "info"]
+    phase_dir = workdir / f"calls-{calls}"
+    phase_dir.mkdir()
+    server, url, log = start_server(children, serve, phase_dir)
     time.sleep(0.5)  # let start-up (imports, kernel warm-up) finish before counting CPU
     cpu_start, busy_start = process_cpu_seconds(server.pid), machine_busy_ticks()
     wall_start = time.monotonic()
     outs, callers = [], []
     for index, share in enumerate(split(calls, workers)):
         out = workdir / f"callers-{calls}-{index}.json"
-        argv = [sys.executable, "-m", "benchmarks.load_caller", "--url", url]
+        argv = [sys.executable, "-m", "pipeline.benchkit.load_caller", "--url", url]
         argv += ["--calls", str(share), "--seconds", str(seconds), "--out", str(out)]
         argv += ["--ramp", str(ramp), "--prefix", f"c{calls}w{index}-", "--seed", str(index + 1)]
+        argv += ["--greeting-wait", "0"]  # the parrot does not greet
         callers.append(children.start(argv, stdin=subprocess.DEVNULL))
         outs.append(out)
     samples: list[tuple[float, float]] = []
@@ -210,7 +159,7 @@ def summarise_phase(
     ended = [line for line in log if line.get("message") == "call ended"]
     jitter = [line.get("pipeline", {}).get("jitter", {}) for line in ended]
     call_seconds = sum(r["connected_s"] for r in records)
-    latencies = [ms for r in records for ms in r["echo_latency_ms"]]
+    latencies = [ms for r in records for ms in r["voice_to_voice_ms"]]
     registration = [r["registration_ms"] for r in answered]
     caller_cpu = sum(report["cpu_s"] for report in reports)
     close_codes: dict[str, int] = {}
@@ -235,7 +184,7 @@ def summarise_phase(
         "registration_ms_median": percentile(registration, 50),
         "registration_ms_max": max(registration, default=None),
         "turns_spoken": sum(r["turns_spoken"] for r in records),
-        "echoes_received": sum(r["echoes"] for r in records),
+        "echoes_received": sum(r["answered_turns"] for r in records),
         "echo_latency_ms_median": percentile(latencies, 50),
         "echo_latency_ms_p95": percentile(latencies, 95),
         "echo_latency_ms_max": max(latencies, default=None),

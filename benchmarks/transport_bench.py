@@ -18,8 +18,9 @@ own parser, to tell the parser's share from the structure's. Target: <= 25 µs m
 
 Part 2, concurrent calls, in real processes. ``python -m pipeline serve --bot
 parrot`` runs as its own process; callers run in one or two
-``benchmarks.load_caller`` processes (one Trio loop each, ramping their calls over
-2 s, each call speaking a 1-1.5 s turn every ~5 s and silence otherwise). For each
+``pipeline.benchkit.load_caller`` processes (one Trio loop each, ramping their calls
+over 2 s; each call speaks a 1-1.5 s turn of speech-like noise, waits for the echo and
+its playout, pauses 1 s and speaks again, with silence packets in between). For each
 call count we read the server's CPU time from ``/proc`` (utime + stime, before and
 after, and every 0.5 s for its steady-state load), its ``call ended`` log lines
 (packets dropped, media packets, jitter-buffer counters) and the callers' reports

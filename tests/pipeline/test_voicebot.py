@@ -225,3 +225,39 @@ async def test_llm_is_primed_with_the_system_prompt_once_at_start_up():
                 pass
     assert len(llm.primed) == 1
     assert llm.primed[0][0] == ("system", "You are the bakery.")
+
+
+class PacedLlm(EchoLlm):
+    """The echo fake, noting when the bot asks for each next word (the word yielded
+    before it has been handed over)."""
+
+    def __init__(self) -> None:
+        super().__init__("Sure, {text} is something we can do for you today.")
+        self.asked_at: list[float] = []
+
+    async def stream(self, messages) -> AsyncIterator[str]:
+        async for delta in super().stream(messages):
+            yield delta
+            self.asked_at.append(trio.current_time())
+
+
+async def test_the_llm_waits_while_the_first_piece_is_synthesized():
+    llm = PacedLlm()
+    with trio.fail_after(60):
+        async with voice_bot(llm, greeting="") as (bot, url):
+            synthesized: list[tuple[str, float]] = []
+            synthesize = bot.services.tts.synthesize
+
+            async def noting(text: str) -> bytes:
+                audio = await synthesize(text)
+                synthesized.append((text, trio.current_time()))
+                return audio
+
+            bot.services.tts.synthesize = noting
+            async with open_call(url) as call:
+                await converse(call, [("order", caller("A loaf of bread."))], pause=0.3)
+    first_text, first_done = synthesized[0]
+    assert first_text == "Sure"  # the first piece ends at the first comma
+    # "Sure," was the first delta: the next word was asked for only once its audio was out
+    assert llm.asked_at[0] >= first_done
+    assert len(synthesized) >= 2
