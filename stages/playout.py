@@ -3,7 +3,9 @@
 The buffer is pure and knows nothing of time; this stage is the only place that
 reads the Trio clock. It sleeps until the next frame is due (or, while the buffer
 is idle, until a packet comes), takes every packet that arrived meanwhile, and
-plays what is due: one wake-up per 20 ms frame, however the packets arrive. It
+plays what is due: one wake-up per 20 ms frame, however the packets arrive (a
+burst bigger than the inbound channel within one frame, 256 packets by default,
+i.e. a stall of over 5 s flushed at once, is dropped and counted there). It
 never busy-loops, and a clock that jumps (virtual time in tests) simply releases
 every frame that became due, in order.
 """
