@@ -66,8 +66,8 @@ class LlamaCppLlm:
     tokens/s where one gave ~115 ms and ~72/s; but token by token in a live call
     (a thread hop per token, the event loop and VAD on the same cores) two
     generating threads wrote some first clauses at ~30 tokens/s, so generation
-    stays on one (a judgement from e2e runs, not a clean A/B). For many concurrent
-    calls on few cores, use 1 for both.
+    stays on one (a judgement from e2e runs, not a clean A/B). Two concurrent calls
+    on two cores did worse with one prompt thread than with both (bench capacity).
     ``seed`` makes sampling repeatable; ``temperature=0`` makes it greedy.
     """
 
