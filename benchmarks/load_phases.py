@@ -8,7 +8,6 @@ concealed, calls answered and echo latency.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.benchkit.capacity import Children, process_cpu_seconds, start_server
+from pipeline.benchkit.capacity import Children, process_cpu_seconds, server_log, start_server
 
 from .inbound_path import CLK_TCK, REGISTRATION_TIMEOUT
 from .report import progress
@@ -37,14 +36,6 @@ def machine_busy_ticks() -> tuple[int, int]:
 
 def split(calls: int, workers: int) -> list[int]:
     return [calls // workers + (index < calls % workers) for index in range(workers)]
-
-
-def server_log(path: Path) -> list[dict[str, Any]]:
-    lines = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            lines.append(json.loads(line))
-    return lines
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -104,7 +95,7 @@ def run_phase(
         seconds=seconds,
         workers=workers,
         reports=reports,
-        log=server_log(log),
+        log=server_log(log, prefix=""),  # every line: call ends and the server's own
         cpu_server=cpu_server,
         samples=samples,
         steady=steady_window(reports, wall_start, ramp, seconds),

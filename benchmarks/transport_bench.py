@@ -38,15 +38,14 @@ error) and, on Linux, if the benchmark itself is killed. Writes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from pipeline.benchkit.capacity import sigterm_as_exit
 
 from .inbound_path import FORMATS, LAYERS, TARGET_CALLS, TARGET_US, measure_packets
 from .load_phases import measure_load
@@ -247,16 +246,6 @@ def evaluate(results: dict[str, Any]) -> dict[str, Any]:
     if rows:
         targets["server_exits_0_on_sigterm"] = all(row["server_stopped_cleanly"] for row in rows)
     return targets
-
-
-@contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the finally blocks stop every child process."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

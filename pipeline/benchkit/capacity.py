@@ -145,7 +145,8 @@ def start_server(
 
 
 def server_log(path: Path, prefix: str) -> list[dict[str, Any]]:
-    """The server's JSON log lines about calls whose callId starts with ``prefix``."""
+    """The server's JSON log lines about calls whose callId starts with ``prefix``
+    (``""``: every line, the server's own ones without a callId too)."""
     lines = []
     for line in path.read_text().splitlines():
         with contextlib.suppress(ValueError):
