@@ -1,6 +1,6 @@
 """The transport benchmark's second part: concurrent calls over loopback, real processes.
 
-The server and the callers (``pipeline.benchkit.load_caller``, the same worker as
+The server and the callers (``pipeline.bench.load_caller``, the same worker as
 ``voicegraph bench capacity``, whose process handling this shares) run as separate
 processes; each phase measures CPU per call-second, packets sent, dropped, late and
 concealed, calls answered and echo latency.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.benchkit.capacity import Children, process_cpu_seconds, server_log, start_server
+from pipeline.bench.capacity import Children, process_cpu_seconds, server_log, start_server
 
 from .inbound_path import CLK_TCK, REGISTRATION_TIMEOUT
 from .report import progress
@@ -57,7 +57,7 @@ def run_phase(
     outs, callers = [], []
     for index, share in enumerate(split(calls, workers)):
         out = workdir / f"callers-{calls}-{index}.json"
-        argv = [sys.executable, "-m", "pipeline.benchkit.load_caller", "--url", url]
+        argv = [sys.executable, "-m", "pipeline.bench.load_caller", "--url", url]
         argv += ["--calls", str(share), "--seconds", str(seconds), "--out", str(out)]
         argv += ["--ramp", str(ramp), "--prefix", f"c{calls}w{index}-", "--seed", str(index + 1)]
         argv += ["--greeting-wait", "0"]  # the parrot does not greet

@@ -1,7 +1,7 @@
 """Where benchmark results go: one JSON for machines and one PNG for people, per run.
 
 The machine description, JSON and PNG writing live in the installed package
-(:mod:`pipeline.benchkit.report`, used by ``voicegraph bench``); this module keeps
+(:mod:`pipeline.bench.report`, used by ``voicegraph bench``); this module keeps
 the signature the scripts in ``benchmarks/`` use and their results folder.
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from pipeline.benchkit.report import cpu_model, describe_run, machine, progress, save_figure
-from pipeline.benchkit.report import write_json as _write_json
+from pipeline.bench.report import cpu_model, describe_run, machine, progress, save_figure
+from pipeline.bench.report import write_json as _write_json
 
 __all__ = ["RESULTS_DIR", "cpu_model", "machine", "progress", "timing_summary", "write_report"]
 

@@ -18,7 +18,7 @@ own parser, to tell the parser's share from the structure's. Target: <= 25 µs m
 
 Part 2, concurrent calls, in real processes. ``python -m pipeline serve --bot
 parrot`` runs as its own process; callers run in one or two
-``pipeline.benchkit.load_caller`` processes (one Trio loop each, ramping their calls
+``pipeline.bench.load_caller`` processes (one Trio loop each, ramping their calls
 over 2 s; each call speaks a 1-1.5 s turn of speech-like noise, waits for the echo and
 its playout, pauses 1 s and speaks again, with silence packets in between). For each
 call count we read the server's CPU time from ``/proc`` (utime + stime, before and
@@ -45,7 +45,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.benchkit.capacity import sigterm_as_exit
+from pipeline.bench.capacity import sigterm_as_exit
 
 from .inbound_path import FORMATS, LAYERS, TARGET_CALLS, TARGET_US, measure_packets
 from .load_phases import measure_load

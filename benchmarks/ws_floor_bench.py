@@ -5,7 +5,7 @@
 How much of the server's cost per 20 ms packet is ours, and how much is the floor
 that trio-websocket and Trio put under any server built on them? Both servers run
 as processes of their own and take the same load: ``--calls`` emulated platform
-calls (``pipeline.benchkit.load_caller``, a process of its own) for ``--seconds``.
+calls (``pipeline.bench.load_caller``, a process of its own) for ``--seconds``.
 
 - baseline: a trio-websocket server that acknowledges ``connected`` and then only
   reads messages (``get_message`` in a loop): no JSON, no RTP, no audio;
@@ -31,7 +31,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from pipeline.benchkit.capacity import Children, process_cpu_seconds, sigterm_as_exit, start_server
+from pipeline.bench.capacity import Children, process_cpu_seconds, sigterm_as_exit, start_server
 
 from .report import progress, write_report
 
@@ -47,7 +47,7 @@ def bare_server(port: int) -> None:
     import trio
     from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-    from pipeline.protocol import ServerProtocol
+    from pipeline.protocol.bot_side import ServerProtocol
 
     async def handle(request: WebSocketRequest) -> None:
         ws = await request.accept()
@@ -84,7 +84,7 @@ def measure(name: str, server_argv: list[str], calls: int, seconds: float) -> di
             workdir = Path(tmp)
             server, url, _ = start_server(children, server_argv, workdir)
             out = workdir / "callers.json"
-            argv = [sys.executable, "-m", "pipeline.benchkit.load_caller", "--url", url]
+            argv = [sys.executable, "-m", "pipeline.bench.load_caller", "--url", url]
             argv += ["--calls", str(calls), "--seconds", str(seconds), "--out", str(out)]
             argv += ["--greeting-wait", "0", "--prefix", f"{name}-"]
             progress(f"{name}: {calls} calls for {seconds:g} s")

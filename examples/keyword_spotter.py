@@ -22,11 +22,11 @@ from typing import Any
 
 import trio
 
-from pipeline.benchkit import insert_after, with_stages
-from pipeline.botconfig import BotConfig
-from pipeline.call import Bot
-from pipeline.stage import Outbox, Stage
-from pipeline.voicebot import VoiceBot
+from pipeline.bench import insert_after, with_stages
+from pipeline.bot.config import BotConfig
+from pipeline.bot.voicebot import VoiceBot
+from pipeline.runtime.stage import Outbox, Stage
+from pipeline.server.call import Bot
 from stages.turns import SpeechSegment, TurnEvent, TurnStage
 
 KEYWORDS = frozenset({"operator", "agent", "human", "manager"})

@@ -3,11 +3,19 @@
 The public API lives here; the modules behind it are private to the package.
 """
 
-from .frames import Concealment, Frame, MulawAudio, PcmAudio, RawPacket, Stamp, Utterance
-from .graph import RunningChain, Tee, open_chain
-from .inbound import Inbound, InboundStatistics
-from .metrics import LatencySummary, StageLatencies
-from .stage import Outbox, Stage, StageFailed, run_stage
+from pipeline.runtime.frames import (
+    Concealment,
+    Frame,
+    MulawAudio,
+    PcmAudio,
+    RawPacket,
+    Stamp,
+    Utterance,
+)
+from pipeline.runtime.graph import RunningChain, Tee, open_chain
+from pipeline.runtime.inbound import Inbound, InboundStatistics
+from pipeline.runtime.metrics import LatencySummary, StageLatencies
+from pipeline.runtime.stage import Outbox, Stage, StageFailed, run_stage
 
 __version__ = "0.1.0"
 

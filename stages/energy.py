@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.frames import PcmAudio, Utterance
-from pipeline.stage import Stage
+from pipeline.runtime.frames import PcmAudio, Utterance
+from pipeline.runtime.stage import Stage
 
 __all__ = ["EnergyGateConfig", "EnergySegmenter", "level_dbfs"]
 

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from pipeline.frames import Concealment
+from pipeline.runtime.frames import Concealment
 from stages.rtp import RtpPacket, seq_distance, timestamp_distance
 
 __all__ = ["JitterBuffer", "JitterConfig", "JitterOutput", "JitterStatistics", "PushOutcome"]

@@ -166,11 +166,11 @@ def create_llm(backend: str, **options: Any) -> LlmBackend:
     if backend == "echo":
         return EchoLlm(**options)
     if backend == "local":
-        from .llm_local import LlamaCppLlm
+        from stages.llm_local import LlamaCppLlm
 
         return LlamaCppLlm(**options)
     if backend == "openai":
-        from .llm_openai import OpenAiCompatibleLlm
+        from stages.llm_openai import OpenAiCompatibleLlm
 
         return OpenAiCompatibleLlm(**options)
     raise ValueError(f"unknown LLM backend {backend!r}; choose one of {', '.join(BACKENDS)}")

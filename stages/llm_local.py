@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from .llm import LlmError, Message
+from stages.llm import LlmError, Message
 
 __all__ = ["BUNDLED_MODEL", "LlamaCppLlm", "bundled_model_path"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from .llm import LlmError, Message
+from stages.llm import LlmError, Message
 
 __all__ = ["OpenAiCompatibleLlm", "chat_completions_url"]
 

@@ -23,8 +23,8 @@ import numba
 import numpy as np
 from numba import types
 
-from pipeline.frames import MulawAudio, PcmAudio
-from pipeline.stage import Stage
+from pipeline.runtime.frames import MulawAudio, PcmAudio
+from pipeline.runtime.stage import Stage
 
 __all__ = [
     "SILENCE_BYTE",

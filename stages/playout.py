@@ -17,9 +17,9 @@ from typing import Any
 
 import trio
 
-from pipeline.frames import MulawAudio
-from pipeline.stage import Outbox, Stage
-from pipeline.timers import sleep_until
+from pipeline.runtime.frames import MulawAudio
+from pipeline.runtime.stage import Outbox, Stage
+from pipeline.runtime.timers import sleep_until
 from stages.jitter import JitterBuffer, JitterConfig, JitterOutput
 from stages.rtp import RtpFrame
 

@@ -10,7 +10,7 @@ accuracy and sound quality. soxr's polyphase filters avoid that and are fast.
   soxr compensates its own delay, so the n-th output sample is the n-th sample of the
   new timeline and positions stay exact.
 - :class:`ResampleStage` is the streaming form as a pipeline stage for
-  :class:`~pipeline.frames.PcmAudio`.
+  :class:`~pipeline.runtime.frames.PcmAudio`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import soxr
 
-from pipeline.frames import PcmAudio
-from pipeline.stage import Stage
+from pipeline.runtime.frames import PcmAudio
+from pipeline.runtime.stage import Stage
 
 __all__ = ["ResampleStage", "StreamResampler", "resample", "to_float32", "to_int16"]
 

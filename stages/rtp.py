@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from pipeline.frames import Frame, RawPacket
-from pipeline.stage import Stage
+from pipeline.runtime.frames import Frame, RawPacket
+from pipeline.runtime.stage import Stage
 
 __all__ = [
     "PAYLOAD_TYPE_PCMU",

@@ -60,10 +60,9 @@ from typing import Any
 import numpy as np
 import trio
 
-from pipeline.frames import Frame, Utterance
-from pipeline.stage import Outbox, Stage
-
-from .resample import resample, to_float32
+from pipeline.runtime.frames import Frame, Utterance
+from pipeline.runtime.stage import Outbox, Stage
+from stages.resample import resample, to_float32
 
 __all__ = [
     "PHANTOM_PHRASES",
@@ -478,7 +477,7 @@ class SttStage(Stage[Any, TranscriptFrame]):
 
     Other items (the turn stage's SpeechStarted and BargeIn) are skipped, not passed
     on: control must not queue behind inference, so whoever needs them takes them
-    from a :class:`~pipeline.graph.Tee` before this stage.
+    from a :class:`~pipeline.runtime.graph.Tee` before this stage.
     """
 
     def __init__(self, service: SttService, *, name: str | None = None) -> None:

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import trio
 
-from .mulaw import encode
-from .resample import resample, to_int16
+from stages.mulaw import encode
+from stages.resample import resample, to_int16
 
 __all__ = ["PHONE_RATE", "PiperTts", "TtsError", "bundled_voice_path"]
 

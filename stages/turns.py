@@ -1,7 +1,7 @@
 """Endpointing and barge-in: turn VAD probabilities into caller turns at exact positions.
 
 Input is the stream of :class:`~stages.vad.VadFrame` windows of one call; output is
-:class:`SpeechStarted`, :class:`SpeechSegment` (an :class:`~pipeline.frames.Utterance`
+:class:`SpeechStarted`, :class:`SpeechSegment` (an :class:`~pipeline.runtime.frames.Utterance`
 with its speech bounds) and :class:`BargeIn` events.
 
 How a turn is found (all times in :class:`TurnConfig`):
@@ -54,10 +54,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.frames import Frame, Utterance
-from pipeline.stage import Stage
-
-from .vad import VadFrame
+from pipeline.runtime.frames import Frame, Utterance
+from pipeline.runtime.stage import Stage
+from stages.vad import VadFrame
 
 __all__ = [
     "BargeIn",

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import trio
 
-from pipeline.frames import Frame, PcmAudio
-from pipeline.stage import Outbox, Stage
+from pipeline.runtime.frames import Frame, PcmAudio
+from pipeline.runtime.stage import Outbox, Stage
 
 __all__ = [
     "DEFAULT_VAD_MODEL",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .mulaw import encode
+from stages.mulaw import encode
 
 __all__ = [
     "WAVE_FORMAT_EXTENSIBLE",

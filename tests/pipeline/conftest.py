@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import trio
 
-from pipeline.call import Bot
-from pipeline.parrot import ParrotBot
-from pipeline.server import ServerConfig, VoiceStreamServer
+from pipeline.bot.parrot import ParrotBot
+from pipeline.server.call import Bot
+from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.jitter import JitterConfig
 
 RATE = 8000

@@ -7,8 +7,11 @@ import json
 
 import pytest
 
-import pipeline.protocol as protocol_module
-from pipeline.events import (
+import pipeline.protocol.bot_side as protocol_module
+from pipeline.protocol.bot_side import (
+    ServerProtocol,
+)
+from pipeline.protocol.events import (
     CloseCode,
     Connected,
     ConnectedAck,
@@ -16,10 +19,7 @@ from pipeline.events import (
     ProtocolViolation,
     SkipReason,
 )
-from pipeline.protocol import (
-    ServerProtocol,
-)
-from pipeline.protocol_client import ClientProtocol
+from pipeline.protocol.platform_side import ClientProtocol
 
 CALL_ID = "call_123456789"
 PACKET = bytes([0x80, 0x00, 0x00, 0x01]) + bytes(8) + bytes(range(160))

@@ -4,8 +4,8 @@ import io
 import json
 import logging
 
-from pipeline.auth import credentials_from_request, is_authorized
-from pipeline.logs import CallLogger, configure_logging, redact_number
+from pipeline.server.auth import credentials_from_request, is_authorized
+from pipeline.server.logs import CallLogger, configure_logging, redact_number
 
 
 def test_key_from_query_bearer_and_x_api_key():

@@ -15,14 +15,14 @@ import pytest
 import soundfile
 
 from pipeline import PcmAudio, Stage
-from pipeline.benchkit import insert_after, with_stages
-from pipeline.benchkit.compare import compare_documents
-from pipeline.benchkit.report import describe_run, write_json
-from pipeline.benchkit.stage_latency import critical_path
-from pipeline.botconfig import BotConfig
-from pipeline.call import Bot
-from pipeline.cli import main
-from pipeline.parrot import ParrotBot
+from pipeline.bench import insert_after, with_stages
+from pipeline.bench.compare import compare_documents
+from pipeline.bench.report import describe_run, write_json
+from pipeline.bench.stage_latency import critical_path
+from pipeline.bot.config import BotConfig
+from pipeline.bot.parrot import ParrotBot
+from pipeline.cli.main import main
+from pipeline.server.call import Bot
 from stages.mulaw import MulawDecoder
 
 from .conftest import speechlike

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.botconfig import BotConfig, ConfigError, load_config
+from pipeline.bot.config import BotConfig, ConfigError, load_config
 
 
 def write(tmp_path, text: str):

@@ -14,8 +14,7 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketConnection, wrap_client_stream
 
-from pipeline.call import Call
-from pipeline.client import (
+from pipeline.caller.client import (
     LOST_CONNECTION,
     AuthenticationError,
     ConnectionChange,
@@ -25,8 +24,9 @@ from pipeline.client import (
     ReconnectPolicy,
     open_client,
 )
-from pipeline.devices import GeneratorInput
-from pipeline.server import ServerConfig, VoiceStreamServer
+from pipeline.caller.devices import GeneratorInput
+from pipeline.server.call import Call
+from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages import mulaw
 from stages.rtp import RtpPacket
 

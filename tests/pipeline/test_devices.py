@@ -10,10 +10,9 @@ import pytest
 import soundfile
 import trio
 
-from pipeline.audiofile import save_wav
-from pipeline.cli import main as voicegraph
-from pipeline.client import open_client
-from pipeline.devices import (
+from pipeline.caller.audiofile import save_wav
+from pipeline.caller.client import open_client
+from pipeline.caller.devices import (
     FileInput,
     FileOutput,
     GeneratorInput,
@@ -22,7 +21,8 @@ from pipeline.devices import (
     SpeakerOutput,
     get_media_list,
 )
-from pipeline.server import ServerConfig, VoiceStreamServer
+from pipeline.cli.main import main as voicegraph
+from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages import mulaw
 
 from .test_client import SILENCE, MemoryNetwork, RecordingBot, tone

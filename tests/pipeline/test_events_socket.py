@@ -16,8 +16,14 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from pipeline.events_socket import serve_events
-from pipeline.messages import CallState, CallStateChange, ChatMessage, ConversationBus, MessageNew
+from pipeline.bot.events_socket import serve_events
+from pipeline.bot.messages import (
+    CallState,
+    CallStateChange,
+    ChatMessage,
+    ConversationBus,
+    MessageNew,
+)
 
 from .test_messages import ScriptedSpeaker
 

@@ -11,7 +11,7 @@ import trio.testing
 import trustme
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from pipeline.http_front import HttpFront, HttpRequest, HttpResponse, normalize_path
+from pipeline.server.http_front import HttpFront, HttpRequest, HttpResponse, normalize_path
 
 
 async def echo_http(request: HttpRequest) -> HttpResponse:

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import trio
 
-from pipeline.conversation import TurnRecord
-from pipeline.emulator import converse, open_call
-from pipeline.messages import (
+from pipeline.bot.conversation import TurnRecord
+from pipeline.bot.messages import (
     MAX_CONTENT_CHARS,
     CallState,
     CallStateChange,
     ConversationBus,
     MessageNew,
 )
+from pipeline.caller.emulator import converse, open_call
 from stages import mulaw
 from stages.llm import EchoLlm
 

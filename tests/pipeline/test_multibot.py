@@ -16,14 +16,14 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from pipeline import cli
-from pipeline.botconfig import BotConfig, ConfigError, ConversationConfig
-from pipeline.call import Call
-from pipeline.cli_serve import BorrowingVoiceBot, make_routed_bots, parse_routes
-from pipeline.emulator import converse, open_call
-from pipeline.http_front import HttpRequest, HttpResponse
-from pipeline.parrot import ParrotBot
-from pipeline.server import ServerConfig, VoiceStreamServer
-from pipeline.voicebot import VoiceBot
+from pipeline.bot.config import BotConfig, ConfigError, ConversationConfig
+from pipeline.bot.parrot import ParrotBot
+from pipeline.bot.voicebot import VoiceBot
+from pipeline.caller.emulator import converse, open_call
+from pipeline.cli.serve import BorrowingVoiceBot, make_routed_bots, parse_routes
+from pipeline.server.call import Call
+from pipeline.server.http_front import HttpRequest, HttpResponse
+from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.llm import EchoLlm
 
 from .conftest import speechlike, steady_parrot

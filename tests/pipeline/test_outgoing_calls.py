@@ -15,11 +15,11 @@ import soundfile
 import trio
 
 from benchmarks.speech_corpus import speech
-from pipeline.botconfig import BotConfig, ConversationConfig
-from pipeline.platform_emulator import EmulatorConfig, PlatformEmulator
-from pipeline.rest import CallRequest, PlatformClient, WebhookDetails
-from pipeline.server import ServerConfig, VoiceStreamServer
-from pipeline.voicebot import VoiceBot
+from pipeline.bot.config import BotConfig, ConversationConfig
+from pipeline.bot.voicebot import VoiceBot
+from pipeline.platform.emulator import EmulatorConfig, PlatformEmulator
+from pipeline.platform.rest import CallRequest, PlatformClient, WebhookDetails
+from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.llm import EchoLlm
 
 from .conftest import speechlike, steady_parrot

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.payload import (
+from pipeline.protocol.payload import (
     BUFFER_JSON_OVERHEAD,
     PayloadError,
     decode_payload,

@@ -9,9 +9,9 @@ import httpx
 import pytest
 import trio
 
-from pipeline.http_front import HttpFront, HttpRequest, HttpResponse
-from pipeline.platform_emulator import EmulatorConfig, PlatformEmulator
-from pipeline.rest import CallRejected, CallRequest, PlatformClient, WebhookDetails
+from pipeline.platform.emulator import EmulatorConfig, PlatformEmulator
+from pipeline.platform.rest import CallRejected, CallRequest, PlatformClient, WebhookDetails
+from pipeline.server.http_front import HttpFront, HttpRequest, HttpResponse
 
 from .conftest import speechlike
 

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import (
+from pipeline.protocol.bot_side import (
+    SERVER_TRANSITIONS,
+    LocalProtocolError,
+    MessageTooBig,
+    ServerProtocol,
+    ServerState,
+)
+from pipeline.protocol.events import (
     MAX_MESSAGE_SIZE,
     CallClosed,
     CloseCode,
@@ -20,14 +27,7 @@ from pipeline.events import (
     Media,
     SpeechChunk,
 )
-from pipeline.protocol import (
-    SERVER_TRANSITIONS,
-    LocalProtocolError,
-    MessageTooBig,
-    ServerProtocol,
-    ServerState,
-)
-from pipeline.protocol_client import CLIENT_TRANSITIONS, ClientProtocol, ClientState
+from pipeline.protocol.platform_side import CLIENT_TRANSITIONS, ClientProtocol, ClientState
 from stages.wav import decode_wav, encode_mulaw_wav
 
 from .protocol_cases import (

@@ -10,7 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import (
+from pipeline.protocol.bot_side import (
+    ServerProtocol,
+    ServerState,
+)
+from pipeline.protocol.events import (
     MAX_MESSAGE_SIZE,
     CloseCode,
     Connected,
@@ -23,12 +27,8 @@ from pipeline.events import (
     SkipReason,
     SpeechChunk,
 )
-from pipeline.payload import encode_base64, encode_buffer_json
-from pipeline.protocol import (
-    ServerProtocol,
-    ServerState,
-)
-from pipeline.protocol_client import ClientProtocol, ClientState
+from pipeline.protocol.payload import encode_base64, encode_buffer_json
+from pipeline.protocol.platform_side import ClientProtocol, ClientState
 from stages.wav import encode_mulaw_wav
 
 from .protocol_cases import (

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from pipeline import cli
-from pipeline.rest import (
+from pipeline.platform.rest import (
     CallRejected,
     CallRequest,
     CallStarted,

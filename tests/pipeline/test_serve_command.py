@@ -10,7 +10,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from benchmarks.speech_corpus import speech
-from pipeline.emulator import converse, open_call
+from pipeline.caller.emulator import converse, open_call
 
 
 async def test_serve_publishes_each_turn_on_the_events_socket():

@@ -15,11 +15,11 @@ import trio.testing
 import trustme
 from trio_websocket import ConnectionClosed, wrap_client_stream
 
-from pipeline.call import Call
-from pipeline.emulator import Impairments, RegistrationError, converse, open_call
-from pipeline.parrot import ParrotBot
-from pipeline.protocol_client import ClientProtocol
-from pipeline.server import ServerConfig, VoiceStreamServer
+from pipeline.bot.parrot import ParrotBot
+from pipeline.caller.emulator import Impairments, RegistrationError, converse, open_call
+from pipeline.protocol.platform_side import ClientProtocol
+from pipeline.server.call import Call
+from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages import mulaw
 
 from .conftest import quiet, speechlike, start_server, steady_parrot

@@ -1,6 +1,6 @@
 """The playout estimate: what the caller has heard of the bot."""
 
-from pipeline.speaking import Playout
+from pipeline.bot.playback import Playout
 
 
 def test_pieces_play_back_to_back_from_when_they_are_sent():

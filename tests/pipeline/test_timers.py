@@ -7,7 +7,7 @@ import random
 import pytest
 import trio
 
-from pipeline.timers import SLACK, sleep_until
+from pipeline.runtime.timers import SLACK, sleep_until
 
 
 async def test_many_sleepers_wake_at_their_deadlines_in_order(autojump_clock) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import soundfile
 
 from benchmarks.speech_corpus import VOICES, silence, speech
-from pipeline import transcribe
-from pipeline.cli import build_parser, main
+from pipeline.cli import transcribe
+from pipeline.cli.main import build_parser, main
 
 
 def words(text: str) -> list[str]:

@@ -16,10 +16,10 @@ import soundfile
 import trio
 
 from benchmarks.speech_corpus import speech
-from pipeline.botconfig import BotConfig, ConversationConfig
-from pipeline.emulator import converse, open_call
-from pipeline.server import ServerConfig, VoiceStreamServer
-from pipeline.voicebot import VoiceBot
+from pipeline.bot.config import BotConfig, ConversationConfig
+from pipeline.bot.voicebot import VoiceBot
+from pipeline.caller.emulator import converse, open_call
+from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.llm import EchoLlm, LlmBackend
 
 LONG_REPLY = (

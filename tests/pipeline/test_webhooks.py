@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pipeline import webhooks
-from pipeline.http_front import HttpRequest
-from pipeline.webhooks import WebhookReceiver
+from pipeline.server import webhooks
+from pipeline.server.http_front import HttpRequest
+from pipeline.server.webhooks import WebhookReceiver
 
 
 def post(body: object, headers: tuple[tuple[str, str], ...] = ()) -> HttpRequest:

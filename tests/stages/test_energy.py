@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.frames import PcmAudio
+from pipeline.runtime.frames import PcmAudio
 from stages.energy import EnergyGateConfig, EnergySegmenter, level_dbfs
 
 RATE = 8000

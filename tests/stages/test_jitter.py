@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import Concealment, RawPacket, open_chain
-from pipeline.timers import SLACK
+from pipeline.runtime.timers import SLACK
 from stages.jitter import JitterBuffer, JitterConfig, JitterOutput, PushOutcome
 from stages.playout import JitterStage
 from stages.rtp import RtpDepacketizer, RtpFrame, RtpPacket

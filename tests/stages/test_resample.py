@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.frames import PcmAudio
+from pipeline.runtime.frames import PcmAudio
 from stages.resample import ResampleStage, StreamResampler, resample
 
 

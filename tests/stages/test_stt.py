@@ -6,7 +6,7 @@ import trio
 
 from benchmarks.speech_corpus import VOICES, noise, padded, silence, speech, telephony
 from pipeline import open_chain
-from pipeline.frames import Utterance
+from pipeline.runtime.frames import Utterance
 from stages.stt import (
     SttConfig,
     SttError,

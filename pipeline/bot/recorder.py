@@ -1,0 +1,170 @@
+"""``--record DIR``: what each call said and sounded like, for review and tuning.
+
+Per call, in ``DIR/<callId>/``:
+
+- ``transcript.jsonl``: one line per caller turn and per bot reply (role, text,
+  start/end seconds on the call's timeline, per-stage latencies, STT confidence,
+  interrupted flag), written as each turn ends, so a crash loses nothing said before.
+- ``caller.wav``: the caller's audio after the jitter buffer (streamed to disk).
+- ``bot.wav``: the bot's speech placed where the platform played it, cut where a
+  barge-in stopped it.
+
+Everything is on one timeline: seconds since the call was registered. Both WAVs
+start there, so played side by side (or mixed) they sound like the call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+import soundfile
+
+from pipeline.bot.playback import PlayedPiece
+from pipeline.runtime.frames import PcmAudio
+from pipeline.runtime.stage import Stage
+from stages import mulaw
+
+if TYPE_CHECKING:
+    from pipeline.bot.conversation import Conversation, TurnRecord
+
+__all__ = ["CallRecorder", "call_folder", "record_platform_event"]
+
+RATE = 8000
+
+
+def call_folder(root: Path, call_id: str) -> Path:
+    """``root/<callId>``, with the id made safe as one folder name (ids come off the network)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id)
+    if not safe.strip("."):
+        safe = "call" + safe  # never "", "." or ".."
+    return Path(root) / safe
+
+
+def record_platform_event(root: Path, call_id: str, event: str, data: dict[str, Any]) -> Path:
+    """Append ``{"role": "platform", "event": ...}`` to the call's ``transcript.jsonl``.
+
+    Platform webhooks arrive before the call is registered and after it has ended, so
+    this opens, appends one line and closes, instead of going through a live recorder;
+    lines are written whole, in append mode, so they interleave cleanly with its lines.
+    """
+    directory = call_folder(root, call_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    line = {
+        "role": "platform",
+        "event": event,
+        "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": data,
+    }
+    path = directory / "transcript.jsonl"
+    with path.open("a", encoding="utf-8") as transcript:
+        transcript.write(json.dumps(line) + "\n")
+    return path
+
+
+class _CallerTap(Stage[PcmAudio, PcmAudio]):
+    """Passes caller audio on unchanged, writing it to ``caller.wav`` as it goes."""
+
+    name = "recorder"
+
+    def __init__(self, recorder: CallRecorder) -> None:
+        super().__init__()
+        self._recorder = recorder
+
+    def process(self, item: PcmAudio) -> Iterable[PcmAudio]:
+        self._recorder.caller_audio(item)
+        return (item,)
+
+
+class CallRecorder:
+    """Writes one call's transcript and audio under its own folder."""
+
+    def __init__(self, directory: Path, origin: float) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._transcript: TextIO = (directory / "transcript.jsonl").open("a", encoding="utf-8")
+        self._caller = soundfile.SoundFile(
+            directory / "caller.wav", "w", samplerate=RATE, channels=1, subtype="PCM_16"
+        )
+        self._origin = origin  # Trio time of the call's start: 0 s on the timeline
+        self._caller_offset: int | None = None  # caller sample 0, in samples from the origin
+        self._bot: list[tuple[bytes, PlayedPiece]] = []
+
+    @classmethod
+    def for_call(cls, root: Path, call_id: str, origin: float) -> CallRecorder:
+        return cls(call_folder(root, call_id), origin)
+
+    def caller_tap(self) -> Stage[PcmAudio, PcmAudio]:
+        return _CallerTap(self)
+
+    def attach(self, conversation: Conversation) -> None:
+        conversation.observers.append(self.turn)
+        conversation.bot_audio_observers.append(self.bot_audio)
+
+    def caller_audio(self, frame: PcmAudio) -> None:
+        if self._caller_offset is None:
+            first_sample_at = frame.captured_at - frame.end_sample / frame.sample_rate
+            self._caller_offset = max(0, round((first_sample_at - self._origin) * RATE))
+            self._caller.write(np.zeros(self._caller_offset, dtype=np.int16))
+        self._caller.write(frame.samples)
+
+    def bot_audio(self, audio: bytes, piece: PlayedPiece) -> None:
+        self._bot.append((audio, piece))
+
+    def _seconds(self, at: float | None) -> float | None:
+        return None if at is None else round(at - self._origin, 3)
+
+    def _caller_seconds(self, position_s: float | None) -> float | None:
+        """A position in the caller's audio (seconds from its sample 0) on the timeline."""
+        if position_s is None:
+            return None
+        return round(position_s + (self._caller_offset or 0) / RATE, 3)
+
+    def turn(self, record: TurnRecord) -> None:
+        lines: list[dict[str, Any]] = []
+        if record.caller_text:
+            lines.append(
+                {
+                    "turn": record.index,
+                    "role": "caller",
+                    "text": record.caller_text,
+                    "start": self._caller_seconds(record.caller_start_s),
+                    "end": self._caller_seconds(record.caller_end_s),
+                    "stt_confidence": record.stt_confidence,
+                }
+            )
+        lines.append(
+            {
+                "turn": record.index,
+                "role": "bot",
+                "text": record.heard_text,
+                "reply_text": record.reply_text,
+                "start": self._seconds(record.bot_started_at),
+                "end": self._seconds(record.bot_ended_at),
+                "interrupted": record.interrupted,
+                "llm_failed": record.llm_failed,
+                "latency_ms": record.timings_ms,
+            }
+        )
+        for line in lines:
+            self._transcript.write(json.dumps(line) + "\n")
+        self._transcript.flush()
+
+    def close(self) -> None:
+        self._caller.close()
+        self._transcript.close()
+        if not self._bot:
+            return
+        placed = []
+        for audio, piece in self._bot:
+            start = max(0, round((piece.starts - self._origin) * RATE))
+            heard = max(0, round((piece.ends - piece.starts) * RATE))
+            placed.append((start, mulaw.decode(audio)[:heard]))
+        track = np.zeros(max(start + len(samples) for start, samples in placed), dtype=np.int16)
+        for start, samples in placed:
+            track[start : start + len(samples)] = samples
+        soundfile.write(self.directory / "bot.wav", track, RATE, subtype="PCM_16")

@@ -1,0 +1,422 @@
+"""The bot side of the voice-stream protocol over real WebSockets (trio-websocket).
+
+One task per connection, one nursery per call: authentication, the 10 s
+registration deadline, the 5 min inactivity deadline (one cancel scope whose
+deadline moves with every message), the caller's packets handed to the bot
+without ever blocking the socket, and a close code for every way a call ends:
+
+=================================  ==========================================
+how the call ends                  close code
+=================================  ==========================================
+the platform hangs up              (its own close; nothing to send)
+the bot hangs up                   1000, or the code the bot chose
+no message for 5 minutes           1000 "inactive"
+no registration within 10 s        1008 "no registration"
+wrong or missing API key           1008 "authentication failed"
+a protocol violation               1002 with the protocol's reason
+a message over 1 MB                1009 (enforced by the WebSocket layer)
+the bot or a stage raised          1011 "internal error"; other calls go on
+server shutdown (SIGINT/SIGTERM)   1001 "server going away"
+=================================  ==========================================
+
+The port also answers plain HTTP through :mod:`pipeline.server.http_front`: the platform's
+call webhooks (``POST /callbacks`` by default) and ``GET /health``. One server can
+host several bots, one per WebSocket path (``bots={"/media/sales": ..., ...}``);
+an upgrade to another path is refused with 404. A single ``bot`` answers any path.
+
+Extra routes (register before ``serve``)::
+
+    server.add_websocket_route("/events", handler)       # async (WebSocketRequest) -> None
+    server.add_http_route("GET", "/stats", http_handler)  # async (HttpRequest) -> HttpResponse
+
+A route registered this way wins over the single bot's catch-all.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from pipeline.protocol.bot_side import ServerProtocol
+from pipeline.protocol.events import CloseCode, Connected, Media, MessageSkipped, ProtocolViolation
+from pipeline.server.auth import credentials_from_request, is_authorized
+from pipeline.server.call import Bot, Call
+from pipeline.server.http_front import (
+    HttpFront,
+    HttpHandler,
+    HttpRequest,
+    HttpResponse,
+    Listening,
+    WebSocketHandler,
+    normalize_path,
+)
+from pipeline.server.logs import CallLogger, redact_number
+from pipeline.server.webhooks import WebhookReceiver
+
+__all__ = ["Listening", "ServerConfig", "VoiceStreamServer", "make_ssl_context"]
+
+logger = logging.getLogger("voicegraph.server")
+
+MAX_MESSAGE_SIZE = 1 << 20
+CLOSE_TIMEOUT = 5.0
+FINISHED_CALLS_KEPT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    registration_timeout: float = 10.0
+    inactivity_timeout: float = 300.0
+    max_message_size: int = MAX_MESSAGE_SIZE
+    redact: bool = False
+    webhook_path: str = "/callbacks"
+    webhook_header: str | None = None  # checked on every webhook when set, with its value
+    webhook_value: str | None = None
+    record_dir: Path | None = None  # platform events go to <record_dir>/<callId>/transcript.jsonl
+
+
+def make_ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    """A server TLS context for WSS (TLS 1.2 or newer)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+class _CallEnded(Exception):
+    """Internal: the call must close with this code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class VoiceStreamServer:
+    """Accepts calls from the platform and runs a bot on each one.
+
+    ``bot`` answers calls on any path; ``bots`` maps WebSocket paths to bots (one
+    server, several numbers' bots). Start it with ``await nursery.start(server.serve)``;
+    the started value is a :class:`~pipeline.server.http_front.Listening` (its ``port`` is the
+    bound port). ``shutdown()`` stops accepting and closes every live call with 1001.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        bot: Bot | None = None,
+        *,
+        bots: Mapping[str, Bot] | None = None,
+        protocol_factory: Callable[[], ServerProtocol] = ServerProtocol,
+    ) -> None:
+        if (bot is None) == (not bots):
+            raise ValueError("give either one bot (any path) or bots by path")
+        self.config = config
+        self.bot = bot
+        self.bots: dict[str, Bot] = {normalize_path(path): b for path, b in (bots or {}).items()}
+        self._protocol_factory = protocol_factory
+        self.calls: dict[str, Call] = {}
+        self.finished_calls: deque[dict[str, Any]] = deque(maxlen=FINISHED_CALLS_KEPT)
+        self._call_scopes: dict[str, trio.CancelScope] = {}
+        self._closing: dict[str, tuple[int, str]] = {}
+        self._shutdown = trio.Event()
+        self.counters: dict[str, int] = {
+            "connections": 0,
+            "calls": 0,
+            "auth_refused": 0,
+            "registration_timeouts": 0,
+            "protocol_errors": 0,
+            "inactivity_timeouts": 0,
+            "internal_errors": 0,
+        }
+        self.front = HttpFront(max_message_size=config.max_message_size, message_queue_size=4)
+        self.webhooks = WebhookReceiver(
+            header=config.webhook_header,
+            value=config.webhook_value,
+            record_dir=config.record_dir,
+        )
+        for method in ("POST", "PUT", "GET"):
+            self.front.add_http_route(method, config.webhook_path, self.webhooks.handle)
+        self.front.add_http_route("GET", "/health", self._health)
+        for path, routed in self.bots.items():
+            self.front.add_websocket_route(path, partial(self._handle_connection, bot=routed))
+        if bot is not None:
+            self.front.set_default_websocket(partial(self._handle_connection, bot=bot))
+
+    # --- routes -------------------------------------------------------------------------
+
+    def add_websocket_route(self, path: str, handler: WebSocketHandler) -> None:
+        """Serve WebSocket upgrades to ``path`` with ``handler(request)``; call before ``serve``.
+
+        The handler accepts (``await request.accept()``) or rejects the request and runs
+        until its connection is done; it runs in the server's connection nursery, so it
+        ends when the server does. It must not raise: an exception is logged and only
+        closes its own connection.
+        """
+        self.front.add_websocket_route(path, handler)
+
+    def add_http_route(self, method: str, path: str, handler: HttpHandler) -> None:
+        """Answer ``method path`` with ``handler(request) -> HttpResponse``."""
+        self.front.add_http_route(method, path, handler)
+
+    async def _health(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse.json(
+            200,
+            {
+                "status": "ok",
+                "calls": len(self.calls),
+                "bots": sorted(self.bots) if self.bots else ["*"],
+            },
+        )
+
+    # --- serving ------------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen until :meth:`shutdown`, then close every call with 1001 and return.
+
+        Each distinct bot's ``serving()`` is entered once, before listening, so its
+        models load at start-up and a bad one fails there.
+        """
+        async with AsyncExitStack() as stack:
+            for bot in self._distinct_bots():
+                await stack.enter_async_context(bot.serving())
+            await self._serve(task_status)
+
+    def _distinct_bots(self) -> list[Bot]:
+        bots = [self.bot] if self.bot is not None else []
+        for bot in self.bots.values():
+            if all(bot is not seen for seen in bots):
+                bots.append(bot)
+        return bots
+
+    async def _serve(self, task_status: trio.TaskStatus[Listening]) -> None:
+        ssl_context = None
+        if self.config.certfile:
+            ssl_context = make_ssl_context(self.config.certfile, self.config.keyfile)
+        async with trio.open_nursery() as calls_nursery:
+            async with trio.open_nursery() as listen_nursery:
+                listening = await listen_nursery.start(
+                    partial(
+                        self.front.serve,
+                        self.config.host,
+                        self.config.port,
+                        ssl_context,
+                        handler_nursery=calls_nursery,
+                    )
+                )
+                logger.info(
+                    "listening",
+                    extra={
+                        "host": self.config.host,
+                        "port": listening.port,
+                        "tls": bool(ssl_context),
+                        "bots": sorted(self.bots) or ["*"],
+                        "webhooks": normalize_path(self.config.webhook_path),
+                    },
+                )
+                if self.config.webhook_header is None:
+                    logger.info("webhooks are accepted without a header check")
+                task_status.started(listening)
+                await self._shutdown.wait()
+                listen_nursery.cancel_scope.cancel()
+            self.front.close_idle()
+            for call_id in list(self._call_scopes):
+                self._end_call(call_id, CloseCode.GOING_AWAY, "server going away")
+        logger.info(
+            "stopped",
+            extra={
+                **self.counters,
+                "http": self.front.counters,
+                "webhooks": self.webhooks.counters,
+            },
+        )
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection over an already-open byte stream (any transport, or a
+        test's in-memory stream), routed like a TCP connection."""
+        await self.front.handle_stream(stream)
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    def _end_call(self, call_id: str, code: int, reason: str) -> None:
+        self._closing.setdefault(call_id, (code, reason))
+        scope = self._call_scopes.get(call_id)
+        if scope is not None:
+            scope.cancel()
+
+    async def _handle_connection(self, request: WebSocketRequest, *, bot: Bot) -> None:
+        """One connection, start to end. Never raises: one bad call must not touch others."""
+        self.counters["connections"] += 1
+        offered = credentials_from_request(request.path, request.headers)
+        ws = await request.accept()
+        if not is_authorized(self.config.api_key, offered):
+            self.counters["auth_refused"] += 1
+            logger.warning("authentication failed", extra={"path": request.path.split("?")[0]})
+            await _close(ws, CloseCode.POLICY_VIOLATION, "authentication failed")
+            return
+        protocol = self._protocol_factory()
+        try:
+            connected = await self._await_registration(ws, protocol)
+        except _CallEnded as ended:
+            await _close(ws, ended.code, ended.reason)
+            return
+        except ConnectionClosed:
+            return
+        if connected is None:
+            return
+        await self._run_call(ws, protocol, connected, bot)
+
+    async def _await_registration(
+        self, ws: WebSocketConnection, protocol: ServerProtocol
+    ) -> Connected | None:
+        with trio.move_on_after(self.config.registration_timeout):
+            while True:
+                message = await ws.get_message()
+                for event in protocol.receive_message(message):
+                    if isinstance(event, Connected):
+                        return event
+                    self._raise_if_violation(event)
+        self.counters["registration_timeouts"] += 1
+        raise _CallEnded(CloseCode.POLICY_VIOLATION, "no registration within the time limit")
+
+    def _raise_if_violation(self, event: Any) -> None:
+        if isinstance(event, ProtocolViolation):
+            self.counters["protocol_errors"] += 1
+            raise _CallEnded(event.code, event.reason)
+
+    async def _run_call(
+        self, ws: WebSocketConnection, protocol: ServerProtocol, connected: Connected, bot: Bot
+    ) -> None:
+        call_id = connected.call_id
+        mobile = redact_number(connected.mobile_no) if self.config.redact else connected.mobile_no
+        log = CallLogger(logger, call_id, mobileNo=mobile)
+        call = Call(
+            call_id=call_id,
+            mobile_no=connected.mobile_no,
+            extra=connected.extra,
+            send_text=ws.send_message,
+            encode_speech=protocol.speech,
+            encode_greeting=protocol.greeting,
+            encode_interrupt=protocol.interrupt,
+            log=log,
+        )
+        self.counters["calls"] += 1
+        self.calls[call_id] = call
+        code, reason = CloseCode.NORMAL, "call ended"
+        try:
+            await ws.send_message(protocol.acknowledge())
+            log.info("call registered", extra={"path": ws.path.split("?")[0]})
+            code, reason = await self._supervise(ws, protocol, call, bot)
+        except Exception as exc:
+            if _only_connection_closed(exc):
+                code, reason = CloseCode.NORMAL, "closed by peer"
+            else:
+                self.counters["internal_errors"] += 1
+                log.exception("call failed")
+                code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+        finally:
+            self.calls.pop(call_id, None)
+            self._call_scopes.pop(call_id, None)
+            code, reason = self._closing.pop(call_id, (code, reason))
+            summary = {"code": int(code), "reason": reason, **call.statistics()}
+            self.finished_calls.append(summary)
+            log.info("call ended", extra=summary)
+            await _close(ws, code, reason)
+
+    async def _supervise(
+        self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call, bot: Bot
+    ) -> tuple[int, str]:
+        """Run reader and bot side by side; whichever ends first ends the call."""
+        outcome: tuple[int, str] = (CloseCode.NORMAL, "call ended")
+        async with trio.open_nursery() as nursery:
+            self._call_scopes[call.call_id] = nursery.cancel_scope
+
+            async def read() -> None:
+                nonlocal outcome
+                try:
+                    await self._read_media(ws, protocol, call)
+                    outcome = (CloseCode.NORMAL, "closed by peer")
+                except _CallEnded as ended:
+                    outcome = (ended.code, ended.reason)
+                nursery.cancel_scope.cancel()
+
+            async def run_bot() -> None:
+                nonlocal outcome
+                await bot.handle_call(call)
+                outcome = (call.hang_up_code, call.hang_up_reason)
+                nursery.cancel_scope.cancel()
+
+            async def watch_hang_up() -> None:
+                nonlocal outcome
+                await call.wait_hung_up()
+                outcome = (call.hang_up_code, call.hang_up_reason)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            nursery.start_soon(run_bot)
+            nursery.start_soon(watch_hang_up)
+        return outcome
+
+    async def _read_media(
+        self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call
+    ) -> None:
+        """Socket → protocol → the call's packet channel. Never waits on the bot.
+
+        The inactivity deadline is not moved on every message (re-registering a Trio
+        deadline 50 times a second per call is measurable at hundreds of calls): each
+        message stamps the time, and when the deadline comes it is re-armed from the
+        last stamp unless the call really has been quiet that long.
+        """
+        timeout = self.config.inactivity_timeout
+        last_message_at = trio.current_time()
+        try:
+            while trio.current_time() < last_message_at + timeout:
+                with trio.move_on_at(last_message_at + timeout):
+                    while True:
+                        message = await ws.get_message()
+                        now = last_message_at = trio.current_time()
+                        call.stats.messages_received += 1
+                        for event in protocol.receive_message(message):
+                            if isinstance(event, Media):
+                                call.deliver_packet(event.payload, now)
+                            elif isinstance(event, ProtocolViolation):
+                                self.counters["protocol_errors"] += 1
+                                raise _CallEnded(event.code, event.reason)
+                            elif isinstance(event, MessageSkipped):
+                                call.count_skip(event.reason.value)
+        except ConnectionClosed:
+            call.end_of_media()
+            return
+        self.counters["inactivity_timeouts"] += 1
+        call.end_of_media()
+        raise _CallEnded(CloseCode.NORMAL, f"inactive for {timeout:g} s")
+
+
+def _only_connection_closed(exc: BaseException) -> bool:
+    """True if ``exc`` (or every leaf of an exception group) is the peer having gone."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_connection_closed(inner) for inner in exc.exceptions)
+    return isinstance(exc, ConnectionClosed)
+
+
+async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:
+    """Close within a bounded time, even while being cancelled."""
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        await ws.aclose(code=int(code), reason=reason)
