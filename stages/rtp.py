@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from pipeline.runtime.errors import ProtocolError
 from pipeline.runtime.frames import Frame, RawPacket
 from pipeline.runtime.stage import Stage
 
@@ -33,7 +34,7 @@ FIXED_HEADER = struct.Struct("!BBHII")
 EXTENSION_HEADER = struct.Struct("!HH")
 
 
-class RtpError(ValueError):
+class RtpError(ProtocolError, ValueError):
     """A packet that is not valid RTP. Callers count it and skip the packet."""
 
 

@@ -41,8 +41,8 @@ import trio
 
 from pipeline.caller.audiofile import load_audio
 from pipeline.caller.emulator import EmulatedCall, RegistrationError, open_call
+from pipeline.runtime.frames import TELEPHONE_RATE
 
-RATE = 8000
 NOISE_TURN_S = (1.0, 1.5)
 LAG_PROBE_S = 0.01
 LOOPBACK = ("ws://127.", "ws://localhost", "ws://[::1]")
@@ -73,7 +73,7 @@ def speech_like(samples: int, seed: int) -> np.ndarray:
     frames = samples // 160 + 1
     loudness = np.repeat(rng.uniform(800.0, 6000.0, frames), 160)[:samples]
     phase = rng.uniform(0.0, 2 * np.pi)
-    envelope = 0.65 + 0.35 * np.sin(2 * np.pi * 4.0 * np.arange(samples) / RATE + phase)
+    envelope = 0.65 + 0.35 * np.sin(2 * np.pi * 4.0 * np.arange(samples) / TELEPHONE_RATE + phase)
     signal = rng.laplace(0.0, 1.0, samples) * loudness * envelope
     return np.clip(np.round(signal), -32768, 32767).astype(np.int16)
 
@@ -81,7 +81,7 @@ def speech_like(samples: int, seed: int) -> np.ndarray:
 def noise_turns(count: int, seed: int) -> list[np.ndarray]:
     low, high = NOISE_TURN_S
     return [
-        speech_like(int((low + (high - low) * i / max(1, count - 1)) * RATE), seed + i)
+        speech_like(int((low + (high - low) * i / max(1, count - 1)) * TELEPHONE_RATE), seed + i)
         for i in range(count)
     ]
 
@@ -107,7 +107,7 @@ async def _converse(
             await call.wait_for_greeting()
             await call.listen_until_quiet(pause / 2)
     await trio.sleep(rng.uniform(0.2, min(3.0, (hang_up_at - trio.current_time()) / 4)))
-    longest = max(len(turn) for turn in turns) / RATE
+    longest = max(len(turn) for turn in turns) / TELEPHONE_RATE
     while trio.current_time() + longest + 0.5 <= hang_up_at:
         spoken = await call.speak(turns[rng.randrange(len(turns))])
         record.turns_spoken += 1

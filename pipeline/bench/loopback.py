@@ -17,6 +17,7 @@ import trio
 
 from pipeline.bench.instrument import InstrumentedBot
 from pipeline.caller.emulator import PACKET_SAMPLES, EmulatedCall, open_call, speech_end_offset
+from pipeline.runtime.frames import TELEPHONE_RATE
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.energy import level_dbfs
 
@@ -30,7 +31,6 @@ __all__ = [
     "speak",
 ]
 
-RATE = 8000
 GREETING_WAIT_S = 1.0  # a bot that greets sends it right after registration
 CALL_END_WAIT_S = 20.0
 
@@ -97,7 +97,9 @@ async def speak(
     samples = np.asarray(samples, dtype=np.int16)
     spoken = await call.speak(samples)
     end = speech_end_offset(samples)
-    onset_at = spoken.speech_end_at - (end - min(speech_onset_offset(samples), end)) / RATE
+    onset_at = (
+        spoken.speech_end_at - (end - min(speech_onset_offset(samples), end)) / TELEPHONE_RATE
+    )
     return CallerTurn(
         call_id=call.call_id,
         turn=0,

@@ -13,19 +13,14 @@ import numpy as np
 import soundfile
 import soxr
 
-__all__ = ["AudioFileError", "load_audio", "save_wav", "to_int16"]
+from pipeline.runtime.errors import ProtocolError
+from stages.resample import to_int16
+
+__all__ = ["AudioFileError", "load_audio", "save_wav"]
 
 
-class AudioFileError(ValueError):
+class AudioFileError(ProtocolError, ValueError):
     """A file that cannot be used as caller audio, with the reason."""
-
-
-def to_int16(samples: np.ndarray) -> np.ndarray:
-    """Float [-1, 1] (or int16) to int16, clipping instead of wrapping."""
-    if samples.dtype == np.int16:
-        return samples
-    scaled = np.clip(np.rint(samples * 32768.0), -32768, 32767)
-    return scaled.astype(np.int16)
 
 
 def load_audio(path: str | Path, sample_rate: int = 8000) -> np.ndarray:

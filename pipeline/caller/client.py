@@ -64,8 +64,9 @@ from pipeline.caller.emulator import (
     auth_headers,
     register,
 )
-from pipeline.protocol.events import CloseCode, Greeting, SpeechChunk
+from pipeline.protocol.events import CLOSE_TIMEOUT, CloseCode, Greeting, SpeechChunk
 from pipeline.protocol.platform_side import ClientProtocol
+from pipeline.runtime.errors import CallError
 from stages import mulaw
 
 __all__ = [
@@ -85,7 +86,6 @@ __all__ = [
 
 LOST_CONNECTION = "Lost connection to the server"
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 1010})
-CLOSE_TIMEOUT = 5.0
 
 Connector = Callable[
     [str, list[tuple[bytes, bytes]] | None], AbstractAsyncContextManager[WebSocketConnection]
@@ -151,7 +151,7 @@ class InvalidAuthenticationToken:
 ClientEvent = ConnectionChange | Disconnect | InvalidAuthenticationToken
 
 
-class ConnectError(ConnectionError):
+class ConnectError(CallError, ConnectionError):
     """The first connection attempt failed (unreachable, rejected, not registered)."""
 
 

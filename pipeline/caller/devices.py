@@ -27,10 +27,12 @@ from typing import Any, Literal
 import numpy as np
 import soxr
 
-from pipeline.caller.audiofile import load_audio, save_wav, to_int16
+from pipeline.caller.audiofile import load_audio, save_wav
+from pipeline.runtime.errors import CallError
+from pipeline.runtime.frames import TELEPHONE_RATE
+from stages.resample import to_int16
 
 __all__ = [
-    "RATE",
     "AudioInput",
     "AudioOutput",
     "DeviceError",
@@ -47,10 +49,8 @@ __all__ = [
     "sounddevice_module",
 ]
 
-RATE = 8000
 
-
-class DeviceError(RuntimeError):
+class DeviceError(CallError, RuntimeError):
     """An audio device cannot be used; the message says why."""
 
 
@@ -202,8 +202,8 @@ class MicrophoneInput(AudioInput):
     ) -> None:
         self.device = device
         self.label = f"microphone:{device if device is not None else 'default'}"
-        self.cushion = int(cushion_s * RATE)
-        self.max_backlog = int(max_backlog_s * RATE)
+        self.cushion = int(cushion_s * TELEPHONE_RATE)
+        self.max_backlog = int(max_backlog_s * TELEPHONE_RATE)
         self._lock = threading.Lock()
         self._buffer: deque[np.ndarray] = deque()
         self._buffered = 0
@@ -218,7 +218,7 @@ class MicrophoneInput(AudioInput):
         try:
             info = sd.query_devices(device, "input")
             rate = int(info["default_samplerate"])
-            resampler = soxr.ResampleStream(rate, RATE, 1, dtype="float32", quality="LQ")
+            resampler = soxr.ResampleStream(rate, TELEPHONE_RATE, 1, dtype="float32", quality="LQ")
 
             def captured(indata: np.ndarray, frames: int, when: Any, status: Any) -> None:
                 self._push(to_int16(resampler.resample_chunk(indata[:, 0].copy())))
@@ -323,7 +323,7 @@ class FileOutput(AudioOutput):
     def _offset(self, at: float) -> int:
         if self._origin is None:
             raise DeviceError(f"{self.label} was not opened")
-        return max(0, round((at - self._origin) * RATE))
+        return max(0, round((at - self._origin) * TELEPHONE_RATE))
 
     def play(self, samples: np.ndarray, at: float) -> None:
         start = max(self._offset(at), self._playout_end)
@@ -355,7 +355,7 @@ class SpeakerOutput(AudioOutput):
         self._lock = threading.Lock()
         self._queue: deque[np.ndarray] = deque()
         self._stream: Any = None
-        self._rate = RATE
+        self._rate = TELEPHONE_RATE
         self._resample: Callable[[np.ndarray], np.ndarray] = lambda samples: samples
 
     def open(self, now: float) -> None:
@@ -364,7 +364,9 @@ class SpeakerOutput(AudioOutput):
         try:
             info = sd.query_devices(device, "output")
             self._rate = rate = int(info["default_samplerate"])
-            self._resample = lambda samples: soxr.resample(samples, RATE, rate, quality="HQ")
+            self._resample = lambda samples: soxr.resample(
+                samples, TELEPHONE_RATE, rate, quality="HQ"
+            )
             self._stream = sd.OutputStream(
                 device=device,
                 channels=1,

@@ -33,6 +33,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from pipeline.caller.audiofile import save_wav
 from pipeline.protocol.events import ConnectedAck, Greeting, Interrupt, SpeechChunk
 from pipeline.protocol.platform_side import ClientProtocol
+from pipeline.runtime.errors import CallError
 from pipeline.runtime.timers import sleep_until
 from stages import mulaw
 from stages.energy import level_dbfs
@@ -58,7 +59,7 @@ PACKET_SECONDS = PACKET_SAMPLES / 8000
 SILENCE_PACKET = bytes([mulaw.SILENCE_BYTE]) * PACKET_SAMPLES
 
 
-class RegistrationError(ConnectionError):
+class RegistrationError(CallError, ConnectionError):
     """The bot did not acknowledge ``connected`` (refused, closed, or too slow).
 
     ``code`` is the close code when the bot closed the socket (1008: the key was refused).

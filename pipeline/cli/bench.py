@@ -28,10 +28,9 @@ from pipeline.bench.instrument import InstrumentedBot
 from pipeline.bench.models import describe_models
 from pipeline.bench.report import cpu_model, describe_run, progress, save_figure, write_json
 from pipeline.bench.stage_latency import measure, plot, print_report, summarize, turn_progress
-from pipeline.bench.subject import PipelineError, Subject, caller_turns, make_subject
-from pipeline.bot.config import ConfigError
-from pipeline.caller.audiofile import AudioFileError
+from pipeline.bench.subject import Subject, caller_turns, make_subject
 from pipeline.cli.serve import add_bot_arguments, run_reporting_startup_errors
+from pipeline.runtime.errors import VoicegraphError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -139,7 +138,7 @@ def _prepare(args: argparse.Namespace, name: str) -> tuple[Subject, list[Any], i
     try:
         subject = _subject(args)
         turns = caller_turns(args.audio, args.turns)
-    except (ConfigError, PipelineError, AudioFileError) as exc:
+    except VoicegraphError as exc:  # a bad --pipeline, bot.toml or audio file
         print(f"voicegraph bench {name}: {exc}", file=sys.stderr)
         return None
     per_call = args.turns_per_call or (len(args.audio) if args.audio else 4)

@@ -17,9 +17,8 @@ import numpy as np
 import trio
 
 from pipeline.caller.audiofile import AudioFileError, load_audio
-from pipeline.caller.client import ClientEvent, ConnectError, open_client
+from pipeline.caller.client import ClientEvent, open_client
 from pipeline.caller.devices import (
-    DeviceError,
     MicrophoneInput,
     SoftphoneUnavailable,
     SpeakerOutput,
@@ -34,6 +33,7 @@ from pipeline.caller.emulator import (
     open_call,
     save_call,
 )
+from pipeline.runtime.errors import CallError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +170,7 @@ async def _softphone(args: argparse.Namespace) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             try:
                 await client.connect()
-            except (ConnectError, DeviceError) as exc:
+            except CallError as exc:  # not connected, or a device refused
                 print(f"voicegraph call: {exc}", file=sys.stderr)
                 return 1
             print(f"call {client.call_id}: talking to the bot; Ctrl-C hangs up", file=sys.stderr)

@@ -27,12 +27,12 @@ import numpy as np
 import trio
 
 from pipeline.caller.audiofile import AudioFileError, load_audio
-from pipeline.runtime.frames import PcmAudio
+from pipeline.runtime.errors import VoicegraphError
+from pipeline.runtime.frames import TELEPHONE_RATE, PcmAudio
 from pipeline.runtime.graph import open_chain
 
 __all__ = ["configure", "main", "mulaw_line", "transcribe_file"]
 
-LINE_RATE = 8000
 FRAME = 160  # 20 ms, as RTP delivers it
 
 
@@ -59,7 +59,7 @@ def mulaw_line(samples: np.ndarray) -> np.ndarray:
 
 
 async def transcribe_file(
-    samples: np.ndarray, stt: Any, vad: Any | None, *, sample_rate: int = LINE_RATE
+    samples: np.ndarray, stt: Any, vad: Any | None, *, sample_rate: int = TELEPHONE_RATE
 ) -> str:
     """The text of 8 kHz int16 ``samples``: through VAD + turns + STT, or STT alone."""
     if vad is None:
@@ -100,7 +100,7 @@ async def _run(args: argparse.Namespace) -> int:
     ):
         for name in args.files:
             try:
-                samples = await trio.to_thread.run_sync(load_audio, name, LINE_RATE)
+                samples = await trio.to_thread.run_sync(load_audio, name, TELEPHONE_RATE)
             except AudioFileError as exc:
                 print(f"voicegraph transcribe: {exc}", file=sys.stderr)
                 status = 1
@@ -118,9 +118,6 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from stages.stt import SttError
-    from stages.vad import VadError
-
     missing = [name for name in args.files if not Path(name).is_file()]
     for name in missing:
         print(f"voicegraph transcribe: no such file: {name}", file=sys.stderr)
@@ -128,6 +125,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         return trio.run(_run, args)
-    except (SttError, VadError) as exc:
+    except VoicegraphError as exc:
         print(f"voicegraph transcribe: {exc}", file=sys.stderr)
         return 2

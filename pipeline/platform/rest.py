@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from pipeline.runtime.errors import CallError
+
 __all__ = [
     "CALL_PATH",
     "DEFAULT_BASE_URL",
@@ -65,7 +67,7 @@ _TEN_DIGITS = re.compile(r"[0-9]{10}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-class RestError(Exception):
+class RestError(CallError):
     """Any failure to place a call. ``http_status``/``code`` when the platform answered."""
 
     def __init__(

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "CLOSE_TIMEOUT",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_MESSAGE_SIZE",
     "CallClosed",
@@ -44,6 +45,10 @@ MAX_MESSAGE_SIZE = 1_048_576
 
 MAX_CLOSE_REASON_BYTES = 123
 """RFC 6455 leaves 123 bytes of a close frame for the UTF-8 reason."""
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds a side waits for a connection to close cleanly (the WebSocket closing handshake,
+a TLS close) before dropping it: cleanup is shielded, so it must be bounded."""
 
 
 class CloseCode(enum.IntEnum):

@@ -36,6 +36,8 @@ import reprlib
 from collections.abc import Callable
 from typing import Any, Final
 
+from pipeline.runtime.errors import ProtocolError
+
 __all__ = [
     "ACCEPTED_SHAPES",
     "BUFFER_JSON_OVERHEAD",
@@ -72,7 +74,7 @@ _repr.maxdict = 4
 _repr.maxlevel = 2
 
 
-class PayloadError(ValueError):
+class PayloadError(ProtocolError, ValueError):
     """A media payload of a shape we do not accept; the message names shape and choices."""
 
 

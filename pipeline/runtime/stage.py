@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
+from pipeline.runtime.errors import StageFailed
 from pipeline.runtime.frames import Frame
 
 __all__ = ["InlineStages", "Outbox", "Stage", "StageFailed", "run_stage"]
@@ -32,14 +33,6 @@ __all__ = ["InlineStages", "Outbox", "Stage", "StageFailed", "run_stage"]
 In = TypeVar("In")
 Out = TypeVar("Out")
 T = TypeVar("T")
-
-
-class StageFailed(Exception):
-    """A stage raised: the call it belongs to must end, and the log must say which stage."""
-
-    def __init__(self, stage: str) -> None:
-        super().__init__(f"stage {stage!r} failed")
-        self.stage = stage
 
 
 def _stamp(item: object, stage_name: str, now: float) -> None:

@@ -30,6 +30,8 @@ import h11
 import trio
 from trio_websocket import WebSocketRequest, wrap_server_stream
 
+from pipeline.protocol.events import CLOSE_TIMEOUT
+
 __all__ = [
     "HttpFront",
     "HttpHandler",
@@ -50,7 +52,6 @@ BODY_TIMEOUT = 10.0
 KEEP_ALIVE_TIMEOUT = 15.0
 HANDLER_TIMEOUT = 30.0
 SEND_TIMEOUT = 10.0
-CLOSE_TIMEOUT = 5.0
 DRAIN_TIMEOUT = 1.0
 DRAIN_BYTES = 1 << 20
 
