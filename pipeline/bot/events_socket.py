@@ -18,7 +18,10 @@ server → client
     read too slowly and lost events; ``{"type": "error", "error": {"message", "statusCode"}}``
     for a request that cannot be understood (the socket stays open).
 
-A client that reads slowly loses events (counted, reported), never slows a call.
+A client that reads slowly loses events (counted, reported), never slows a call. A
+channel is a ``callId``, not a connection: a client following a call that the platform
+re-dials sees ``call.state`` ``disconnected`` and then ``connected`` again, and keeps
+following it. At server shutdown the socket is closed with 1001.
 """
 
 from __future__ import annotations
@@ -30,15 +33,13 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from pipeline.bot.messages import ConversationBus, SendResult, Subscription
-from pipeline.protocol.events import CloseCode
+from pipeline.protocol.events import CLOSE_TIMEOUT, CloseCode
 from pipeline.server.auth import credentials_from_request, is_authorized
 
 __all__ = ["MAX_PENDING_SENDS", "serve_events"]
 
 MAX_PENDING_SENDS = 8
 """``sendMessage`` requests one socket may have in flight (each waits for speech)."""
-
-CLOSE_TIMEOUT = 5.0
 
 
 async def serve_events(

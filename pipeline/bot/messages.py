@@ -12,6 +12,13 @@ are events too. A dashboard, a supervisor or a test follows calls with
 Publishing never waits: each subscriber has a bounded buffer, and a subscriber that
 falls behind loses events (counted in its ``dropped``), never slows a call. That is
 the inbound-edge rule of DESIGN.md §4 applied to observers.
+
+A re-dial (the platform connecting again with a live ``callId``) replaces the call,
+and its channel with it: opening a channel whose id is live publishes ``disconnected``
+("replaced by a new connection") for the old one at once, the operator's messages go
+to the new one from then on, and the old channel's later state changes are not
+published (its ``disconnected`` would read as the end of the new call). A dashboard
+following a ``callId`` thus always ends on the state of the connection that has it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+
+from pipeline.runtime.errors import CallError
 
 if TYPE_CHECKING:
     from pipeline.bot.conversation import TurnRecord
@@ -50,6 +59,7 @@ MAX_CONTENT_CHARS = 2000
 """Longest text an operator may have the bot say in one message (about two minutes)."""
 
 DEFAULT_SUBSCRIBER_CAPACITY = 256
+REPLACED_MESSAGE = "replaced by a new connection"
 FINISHED_CHANNELS_KEPT = 10_000
 
 
@@ -180,7 +190,7 @@ class SendResult:
         }
 
 
-class ConversationEnded(RuntimeError):
+class ConversationEnded(CallError, RuntimeError):
     """The call behind a channel has ended: nothing more can be said into it."""
 
 
@@ -259,9 +269,12 @@ class CallChannel:
         self.speaker = speaker
         self.origin = origin  # Trio time the call started: 0 s on the message timeline
         self.closed = False
+        self.replaced = False  # a newer connection with the same callId has the channel id
 
     def state(self, state: CallState, message: str | None = None) -> None:
-        self.bus.publish(CallStateChange(self.channel_id, state, message))
+        """Publish a state change, unless a re-dial has taken this channel's id."""
+        if not self.replaced:
+            self.bus.publish(CallStateChange(self.channel_id, state, message))
 
     def _seconds(self, at: float | None) -> float | None:
         return None if at is None else round(at - self.origin, 3)
@@ -349,9 +362,17 @@ class ConversationBus:
     def open_channel(
         self, channel_id: str, speaker: Speaker, origin: float
     ) -> Iterator[CallChannel]:
-        """Make a live call reachable as ``channel_id`` for as long as the block runs."""
+        """Make a live call reachable as ``channel_id`` for as long as the block runs.
+
+        A live channel with the same id (a re-dial) is replaced: it is published as
+        ``disconnected`` now, and nothing it does later unregisters this one.
+        """
+        previous = self._channels.get(channel_id)
+        if previous is not None:
+            previous.state(CallState.DISCONNECTED, REPLACED_MESSAGE)
+            previous.replaced = previous.closed = True
         channel = CallChannel(self, channel_id, speaker, origin)
-        self._channels[channel_id] = channel  # a reconnect replaces a stale registration
+        self._channels[channel_id] = channel
         self._finished.pop(channel_id, None)
         try:
             yield channel

@@ -16,8 +16,25 @@ wrong or missing API key           1008 "authentication failed"
 a protocol violation               1002 with the protocol's reason
 a message over 1 MB                1009 (enforced by the WebSocket layer)
 the bot or a stage raised          1011 "internal error"; other calls go on
-server shutdown (SIGINT/SIGTERM)   1001 "server going away"
+a re-dial of a live callId         1008 "replaced by a new connection" (to the old one)
+server shutdown (SIGINT/SIGTERM)   1001 "server going away" (every live connection)
 =================================  ==========================================
+
+A re-dial (a second connection registering a callId that is still live) replaces
+the live call: the older connection is closed with 1008 "replaced by a new
+connection", its bot is cancelled, and the new connection is acknowledged once that
+bot has finished (at most :data:`REPLACE_WAIT`), so the two never run side by side.
+Why replace rather than refuse: a platform re-dials after a network drop it noticed
+before we did, and the old socket may be half-dead for minutes (until the 5 min
+inactivity deadline or TCP gives up); refusing would leave the caller with a dead
+line for that long. Why 1008 and not 1001: a client reads 1001 as "the server went
+away, dial again", so if the older connection is in fact alive (two dialers sharing a
+callId by mistake) it would re-dial and replace the newer one, forever; 1008 is a
+policy close that clients (ours included) do not retry.
+
+The server tracks each accepted connection as an object, never by its callId: ending
+one connection never unregisters another, and shutdown closes every live connection,
+registered or not, and every extra WebSocket route's (``/events``), with 1001.
 
 The port also answers plain HTTP through :mod:`pipeline.server.http_front`: the platform's
 call webhooks (``POST /callbacks`` by default) and ``GET /health``. One server can
@@ -48,7 +65,15 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from pipeline.protocol.bot_side import ServerProtocol
-from pipeline.protocol.events import CloseCode, Connected, Media, MessageSkipped, ProtocolViolation
+from pipeline.protocol.events import (
+    CLOSE_TIMEOUT,
+    MAX_MESSAGE_SIZE,
+    CloseCode,
+    Connected,
+    Media,
+    MessageSkipped,
+    ProtocolViolation,
+)
 from pipeline.server.auth import credentials_from_request, is_authorized
 from pipeline.server.call import Bot, Call
 from pipeline.server.http_front import (
@@ -67,9 +92,12 @@ __all__ = ["Listening", "ServerConfig", "VoiceStreamServer", "make_ssl_context"]
 
 logger = logging.getLogger("voicegraph.server")
 
-MAX_MESSAGE_SIZE = 1 << 20
-CLOSE_TIMEOUT = 5.0
 FINISHED_CALLS_KEPT = 1000
+REPLACE_WAIT = 2.0
+"""How long a re-dial waits for the replaced call's bot to finish before going on anyway
+(cancelling a bot takes milliseconds; a model still busy in a thread, about a second)."""
+REPLACED_REASON = "replaced by a new connection"
+GOING_AWAY_REASON = "server going away"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +134,29 @@ class _CallEnded(Exception):
         self.reason = reason
 
 
+class _Connection:
+    """One accepted call WebSocket, from its handshake to its close: what the server tracks.
+
+    Identity, not the callId, is the key: two connections may carry the same callId
+    for a moment (a re-dial), and each must be ended and unregistered on its own.
+    """
+
+    __slots__ = ("bot_done", "call", "closing", "scope", "ws")
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.call: Call | None = None  # once registered
+        self.scope = trio.CancelScope()  # everything this connection runs
+        self.closing: tuple[int, str] | None = None  # set by end(): the close to send
+        self.bot_done = trio.Event()  # the bot no longer runs (or never will)
+
+    def end(self, code: int, reason: str) -> None:
+        """Stop this connection and close it with ``code`` (the first caller wins)."""
+        if self.closing is None:
+            self.closing = (code, reason)
+        self.scope.cancel()
+
+
 class VoiceStreamServer:
     """Accepts calls from the platform and runs a bot on each one.
 
@@ -129,14 +180,15 @@ class VoiceStreamServer:
         self.bot = bot
         self.bots: dict[str, Bot] = {normalize_path(path): b for path, b in (bots or {}).items()}
         self._protocol_factory = protocol_factory
-        self.calls: dict[str, Call] = {}
         self.finished_calls: deque[dict[str, Any]] = deque(maxlen=FINISHED_CALLS_KEPT)
-        self._call_scopes: dict[str, trio.CancelScope] = {}
-        self._closing: dict[str, tuple[int, str]] = {}
+        self._connections: set[_Connection] = set()  # every live call socket, registered or not
+        self._registered: dict[str, _Connection] = {}  # callId -> the connection holding it now
+        self._route_scopes: set[trio.CancelScope] = set()  # live extra-route connections
         self._shutdown = trio.Event()
         self.counters: dict[str, int] = {
             "connections": 0,
             "calls": 0,
+            "replaced": 0,
             "auth_refused": 0,
             "registration_timeouts": 0,
             "protocol_errors": 0,
@@ -163,11 +215,30 @@ class VoiceStreamServer:
         """Serve WebSocket upgrades to ``path`` with ``handler(request)``; call before ``serve``.
 
         The handler accepts (``await request.accept()``) or rejects the request and runs
-        until its connection is done; it runs in the server's connection nursery, so it
-        ends when the server does. It must not raise: an exception is logged and only
+        until its connection is done. At shutdown it is cancelled (and should close its
+        socket with 1001 then). It must not raise: an exception is logged and only
         closes its own connection.
         """
-        self.front.add_websocket_route(path, handler)
+        self.front.add_websocket_route(path, partial(self._handle_route, handler=handler))
+
+    async def _handle_route(self, request: WebSocketRequest, *, handler: WebSocketHandler) -> None:
+        with trio.CancelScope() as scope:
+            self._route_scopes.add(scope)
+            try:
+                if self._shutdown.is_set():
+                    scope.cancel()
+                await handler(request)
+            finally:
+                self._route_scopes.discard(scope)
+
+    @property
+    def calls(self) -> dict[str, Call]:
+        """The live registered calls by callId (a snapshot; after a re-dial, the new one)."""
+        return {
+            call_id: connection.call
+            for call_id, connection in self._registered.items()
+            if connection.call is not None
+        }
 
     def add_http_route(self, method: str, path: str, handler: HttpHandler) -> None:
         """Answer ``method path`` with ``handler(request) -> HttpResponse``."""
@@ -236,8 +307,10 @@ class VoiceStreamServer:
                 await self._shutdown.wait()
                 listen_nursery.cancel_scope.cancel()
             self.front.close_idle()
-            for call_id in list(self._call_scopes):
-                self._end_call(call_id, CloseCode.GOING_AWAY, "server going away")
+            for connection in list(self._connections):
+                connection.end(CloseCode.GOING_AWAY, GOING_AWAY_REASON)
+            for scope in list(self._route_scopes):
+                scope.cancel()
         logger.info(
             "stopped",
             extra={
@@ -256,10 +329,10 @@ class VoiceStreamServer:
         self._shutdown.set()
 
     def _end_call(self, call_id: str, code: int, reason: str) -> None:
-        self._closing.setdefault(call_id, (code, reason))
-        scope = self._call_scopes.get(call_id)
-        if scope is not None:
-            scope.cancel()
+        """End the live call registered as ``call_id`` (if any) with ``code``."""
+        connection = self._registered.get(call_id)
+        if connection is not None:
+            connection.end(code, reason)
 
     async def _handle_connection(self, request: WebSocketRequest, *, bot: Bot) -> None:
         """One connection, start to end. Never raises: one bad call must not touch others."""
@@ -271,21 +344,37 @@ class VoiceStreamServer:
             logger.warning("authentication failed", extra={"path": request.path.split("?")[0]})
             await _close(ws, CloseCode.POLICY_VIOLATION, "authentication failed")
             return
+        connection = _Connection(ws)
+        self._connections.add(connection)
+        if self._shutdown.is_set():  # accepted while the server was stopping
+            connection.end(CloseCode.GOING_AWAY, GOING_AWAY_REASON)
+        code, reason = CloseCode.GOING_AWAY, GOING_AWAY_REASON  # if cancelled from outside
+        try:
+            with connection.scope:
+                code, reason = await self._converse(connection, bot)
+        finally:
+            connection.bot_done.set()  # before the close, which a half-dead socket may stall
+            self._connections.discard(connection)
+            if connection.closing is not None:
+                code, reason = connection.closing
+            if connection.call is not None:
+                self._call_finished(connection, connection.call, code, reason)
+            await _close(ws, code, reason)
+
+    async def _converse(self, connection: _Connection, bot: Bot) -> tuple[int, str]:
+        """Registration, then the call; the close code and reason it ended with."""
         protocol = self._protocol_factory()
         try:
-            connected = await self._await_registration(ws, protocol)
+            connected = await self._await_registration(connection.ws, protocol)
         except _CallEnded as ended:
-            await _close(ws, ended.code, ended.reason)
-            return
+            return ended.code, ended.reason
         except ConnectionClosed:
-            return
-        if connected is None:
-            return
-        await self._run_call(ws, protocol, connected, bot)
+            return CloseCode.NORMAL, "closed by peer"
+        return await self._run_call(connection, protocol, connected, bot)
 
     async def _await_registration(
         self, ws: WebSocketConnection, protocol: ServerProtocol
-    ) -> Connected | None:
+    ) -> Connected:
         with trio.move_on_after(self.config.registration_timeout):
             while True:
                 message = await ws.get_message()
@@ -302,8 +391,9 @@ class VoiceStreamServer:
             raise _CallEnded(event.code, event.reason)
 
     async def _run_call(
-        self, ws: WebSocketConnection, protocol: ServerProtocol, connected: Connected, bot: Bot
-    ) -> None:
+        self, connection: _Connection, protocol: ServerProtocol, connected: Connected, bot: Bot
+    ) -> tuple[int, str]:
+        ws = connection.ws
         call_id = connected.call_id
         mobile = redact_number(connected.mobile_no) if self.config.redact else connected.mobile_no
         log = CallLogger(logger, call_id, mobileNo=mobile)
@@ -318,27 +408,41 @@ class VoiceStreamServer:
             log=log,
         )
         self.counters["calls"] += 1
-        self.calls[call_id] = call
-        code, reason = CloseCode.NORMAL, "call ended"
+        connection.call = call
+        await self._claim(connection, call)
         try:
             await ws.send_message(protocol.acknowledge())
             log.info("call registered", extra={"path": ws.path.split("?")[0]})
-            code, reason = await self._supervise(ws, protocol, call, bot)
+            return await self._supervise(ws, protocol, call, bot)
         except Exception as exc:
             if _only_connection_closed(exc):
-                code, reason = CloseCode.NORMAL, "closed by peer"
-            else:
-                self.counters["internal_errors"] += 1
-                log.exception("call failed")
-                code, reason = CloseCode.INTERNAL_ERROR, "internal error"
-        finally:
-            self.calls.pop(call_id, None)
-            self._call_scopes.pop(call_id, None)
-            code, reason = self._closing.pop(call_id, (code, reason))
-            summary = {"code": int(code), "reason": reason, **call.statistics()}
-            self.finished_calls.append(summary)
-            log.info("call ended", extra=summary)
-            await _close(ws, code, reason)
+                return CloseCode.NORMAL, "closed by peer"
+            self.counters["internal_errors"] += 1
+            log.exception("call failed")
+            return CloseCode.INTERNAL_ERROR, "internal error"
+
+    async def _claim(self, connection: _Connection, call: Call) -> None:
+        """Register ``call`` under its callId, replacing a live call that has it (a re-dial):
+        the older connection is closed with 1008, and its bot given :data:`REPLACE_WAIT`
+        to finish so the two bots never overlap."""
+        previous = self._registered.get(call.call_id)
+        self._registered[call.call_id] = connection
+        if previous is None:
+            return
+        self.counters["replaced"] += 1
+        call.log.warning("callId re-dialled: the earlier connection is replaced")
+        previous.end(CloseCode.POLICY_VIOLATION, REPLACED_REASON)
+        with trio.move_on_after(REPLACE_WAIT) as waited:
+            await previous.bot_done.wait()
+        if waited.cancelled_caught:
+            call.log.warning("the replaced call's bot is still finishing; going on")
+
+    def _call_finished(self, connection: _Connection, call: Call, code: int, reason: str) -> None:
+        if self._registered.get(call.call_id) is connection:  # not a re-dial's
+            del self._registered[call.call_id]
+        summary = {"code": int(code), "reason": reason, **call.statistics()}
+        self.finished_calls.append(summary)
+        call.log.info("call ended", extra=summary)
 
     async def _supervise(
         self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call, bot: Bot
@@ -346,7 +450,6 @@ class VoiceStreamServer:
         """Run reader and bot side by side; whichever ends first ends the call."""
         outcome: tuple[int, str] = (CloseCode.NORMAL, "call ended")
         async with trio.open_nursery() as nursery:
-            self._call_scopes[call.call_id] = nursery.cancel_scope
 
             async def read() -> None:
                 nonlocal outcome

@@ -5,6 +5,7 @@ events, and an operator's ``send_message`` heard by the caller."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import ExitStack
 from difflib import SequenceMatcher
 from typing import Any
 
@@ -235,3 +236,33 @@ async def test_say_refuses_nothing_to_say(bad):
     bus = ConversationBus()
     with bus.open_channel("c", ScriptedSpeaker(), origin=0.0):
         assert error_of(await bus.send_message("c", bad))[0] == 400
+
+
+async def test_a_redial_replaces_a_live_channel_and_the_old_one_cannot_end_the_new():
+    bus = ConversationBus()
+    old_speaker, new_speaker = ScriptedSpeaker(), ScriptedSpeaker()
+    with bus.subscribe(["call-1"]) as events, ExitStack() as old_connection:
+        old = old_connection.enter_context(bus.open_channel("call-1", old_speaker, origin=0.0))
+        old.state(CallState.CONNECTED)
+        with bus.open_channel("call-1", new_speaker, origin=0.0) as new:  # the re-dial
+            new.state(CallState.CONNECTED)
+            old.state(CallState.DISCONNECTED)  # the old call's bot ends after the re-dial
+            old_connection.close()
+            assert bus.live_channels() == ["call-1"]
+            result = await bus.send_message("call-1", "Welcome back.")
+            assert result.status.error is False
+            assert [text for text, _ in new_speaker.said] == ["Welcome back."]
+            assert old_speaker.said == []
+            assert [
+                (event.state, event.message)
+                for event in drain(events)
+                if isinstance(event, CallStateChange)
+            ] == [
+                (CallState.CONNECTED, None),
+                (CallState.DISCONNECTED, "replaced by a new connection"),
+                (CallState.CONNECTED, None),  # the last word on call-1: live
+            ]
+            new.state(CallState.DISCONNECTED)
+        assert [event.state for event in drain(events)] == [CallState.DISCONNECTED]
+    assert bus.live_channels() == []
+    assert error_of(await bus.send_message("call-1", "Hello?"))[0] == 410
