@@ -3,12 +3,16 @@ the softphone extra being optional."""
 
 from __future__ import annotations
 
+import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import soundfile
 import trio
+import trio.testing
 
 from pipeline.caller.audiofile import save_wav
 from pipeline.caller.client import open_client
@@ -64,6 +68,23 @@ def test_file_output_places_chunks_and_cuts_at_an_interrupt(tmp_path):
     assert (heard[12000:] == 2000).all()
 
 
+@contextmanager
+def clock_held(clock: trio.testing.MockClock) -> Iterator[None]:
+    """Keep the autojump clock still while a device opens in a worker thread.
+
+    The clock sees every Trio task waiting while the thread works, so it jumps: virtual
+    time runs on for as long as the thread takes in real time (0.5-1.2 s measured for
+    loading a 4 s WAV on a quiet machine, more under load), and the old file played on
+    until it ran out, sending silence at the switch. The client is right to keep sending
+    from the old input meanwhile; what this test checks is the order of the sources.
+    """
+    threshold, clock.autojump_threshold = clock.autojump_threshold, math.inf
+    try:
+        yield
+    finally:
+        clock.autojump_threshold = threshold
+
+
 async def test_devices_switch_mid_call(tmp_path, nursery, autojump_clock):
     first_voice, second_voice = tone(4.0, 440), tone(4.0, 1000)
     first_in = save_wav(tmp_path / "first.wav", first_voice)
@@ -79,11 +100,13 @@ async def test_devices_switch_mid_call(tmp_path, nursery, autojump_clock):
     ) as client:
         await client.connect()
         await trio.sleep(1.0)
-        await client.change_audio_input(FileInput(second_in))
+        with clock_held(autojump_clock):
+            await client.change_audio_input(FileInput(second_in))
         await trio.sleep(1.0)
         await bot.lines.send(mulaw.encode(line_a))
         await trio.sleep(1.0)
-        await client.change_audio_output(FileOutput(tmp_path / "out2.wav"))
+        with clock_held(autojump_clock):
+            await client.change_audio_output(FileOutput(tmp_path / "out2.wav"))
         await bot.lines.send(mulaw.encode(line_b))
         await trio.sleep(1.0)
         await client.disconnect()
@@ -92,7 +115,7 @@ async def test_devices_switch_mid_call(tmp_path, nursery, autojump_clock):
     packets = bot.calls[0]
     first_codes, second_codes = mulaw.encode(first_voice), mulaw.encode(second_voice)
     switch = next(i for i, p in enumerate(packets) if p != first_codes[i * 160 : i * 160 + 160])
-    assert switch >= 45  # virtual time runs on while the new file loads in a thread
+    assert 48 <= switch <= 52  # at 1 s: the clock stood still while the new file loaded
     assert b"".join(packets[:switch]) == first_codes[: switch * 160]
     after = b"".join(packets[switch : switch + 40])
     assert after == second_codes[: len(after)]
