@@ -25,6 +25,7 @@ from numba import types
 
 from pipeline.runtime.frames import MulawAudio, PcmAudio
 from pipeline.runtime.stage import Stage
+from stages.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, WavError, decode_wav
 
 __all__ = [
     "SILENCE_BYTE",
@@ -34,6 +35,7 @@ __all__ = [
     "decode_kernel",
     "encode",
     "encode_kernel",
+    "mulaw_from_wav",
     "warm_up",
 ]
 
@@ -201,3 +203,30 @@ class MulawEncoder(Stage[PcmAudio, MulawAudio]):
         )
         frame.inherit_timing(item)
         return (frame,)
+
+
+def mulaw_from_wav(data: bytes) -> bytes:
+    """μ-law 8 kHz mono bytes from a μ-law WAV, or from a 16-bit PCM WAV at 8 kHz mono.
+
+    Anything else is refused rather than guessed at: resampling and down-mixing
+    belong in a resampler stage, not in a file reader.
+    """
+    wav = decode_wav(data)
+    described = (
+        f"{wav.format_name}, {wav.bits_per_sample}-bit, {wav.sample_rate} Hz, "
+        f"{wav.channels} channel{'s' if wav.channels != 1 else ''}"
+    )
+    hint = (
+        f"this WAV is {described}; telephone audio must be 8000 Hz mono μ-law or 16-bit PCM. "
+        "Convert it first, e.g. `sox in.wav -r 8000 -c 1 -e mu-law out.wav` "
+        "(resampling is not supported yet)"
+    )
+    if wav.channels != 1 or wav.sample_rate != 8000:
+        raise WavError(hint)
+    if wav.format_tag == WAVE_FORMAT_MULAW and wav.bits_per_sample == 8:
+        return wav.data
+    if wav.format_tag == WAVE_FORMAT_PCM and wav.bits_per_sample == 16:
+        if len(wav.data) % 2:
+            raise WavError("16-bit PCM data chunk has an odd number of bytes")
+        return encode(np.frombuffer(wav.data, dtype="<i2"))
+    raise WavError(hint)

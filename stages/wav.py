@@ -14,9 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
-from stages.mulaw import encode
+from pipeline.runtime.errors import ProtocolError
 
 __all__ = [
     "WAVE_FORMAT_EXTENSIBLE",
@@ -27,7 +25,6 @@ __all__ = [
     "WavError",
     "decode_wav",
     "encode_mulaw_wav",
-    "mulaw_from_wav",
 ]
 
 WAVE_FORMAT_PCM = 0x0001
@@ -45,7 +42,7 @@ _MAX_RIFF_SIZE = 0xFFFF_FFFF
 _FORMAT_NAMES = {WAVE_FORMAT_PCM: "PCM", 0x0003: "IEEE float", 0x0006: "A-law", 0x0007: "μ-law"}
 
 
-class WavError(ValueError):
+class WavError(ProtocolError, ValueError):
     """A file that is not a WAV we can read, with what is wrong with it."""
 
 
@@ -142,30 +139,3 @@ def decode_wav(data: bytes) -> WavAudio:
         raise WavError("no 'data' chunk: the file holds no samples")
     format_tag, channels, sample_rate, bits = fmt
     return WavAudio(format_tag, channels, sample_rate, bits, samples)
-
-
-def mulaw_from_wav(data: bytes) -> bytes:
-    """μ-law 8 kHz mono bytes from a μ-law WAV, or from a 16-bit PCM WAV at 8 kHz mono.
-
-    Anything else is refused rather than guessed at: resampling and down-mixing
-    belong in a resampler stage, not in a file reader.
-    """
-    wav = decode_wav(data)
-    described = (
-        f"{wav.format_name}, {wav.bits_per_sample}-bit, {wav.sample_rate} Hz, "
-        f"{wav.channels} channel{'s' if wav.channels != 1 else ''}"
-    )
-    hint = (
-        f"this WAV is {described}; telephone audio must be 8000 Hz mono μ-law or 16-bit PCM. "
-        "Convert it first, e.g. `sox in.wav -r 8000 -c 1 -e mu-law out.wav` "
-        "(resampling is not supported yet)"
-    )
-    if wav.channels != 1 or wav.sample_rate != 8000:
-        raise WavError(hint)
-    if wav.format_tag == WAVE_FORMAT_MULAW and wav.bits_per_sample == 8:
-        return wav.data
-    if wav.format_tag == WAVE_FORMAT_PCM and wav.bits_per_sample == 16:
-        if len(wav.data) % 2:
-            raise WavError("16-bit PCM data chunk has an odd number of bytes")
-        return encode(np.frombuffer(wav.data, dtype="<i2"))
-    raise WavError(hint)

@@ -79,7 +79,9 @@ from pipeline.protocol.payload import (
     encode_buffer_json,
     max_buffer_json_size,
 )
-from stages.wav import WAV_HEADER_SIZE, encode_mulaw_wav, mulaw_from_wav
+from pipeline.runtime.errors import ProtocolError
+from pipeline.runtime.frames import TELEPHONE_RATE
+from stages.wav import WAV_HEADER_SIZE, WAVE_FORMAT_MULAW, WavError, decode_wav, encode_mulaw_wav
 
 try:
     from orjson import loads as _fast_loads
@@ -87,7 +89,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 
 __all__ = [
-    "SAMPLE_RATE",
     "SERVER_TRANSITIONS",
     "LocalProtocolError",
     "MessageTooBig",
@@ -97,15 +98,14 @@ __all__ = [
     "ServerState",
 ]
 
-SAMPLE_RATE: Final = 8000
 PayloadFormat = Literal["buffer", "base64", "list", "binary"]
 
 
-class LocalProtocolError(RuntimeError):
+class LocalProtocolError(ProtocolError, RuntimeError):
     """Our own code sent an event the protocol does not allow in the current state."""
 
 
-class MessageTooBig(ValueError):
+class MessageTooBig(ProtocolError, ValueError):
     """An outgoing message would exceed the 1 MB limit and cannot be split."""
 
 
@@ -431,21 +431,22 @@ class ServerProtocol(_Core):
     def speech(self, audio: bytes, timestamp: int) -> list[str]:
         """One utterance as ``media`` messages, each a complete μ-law WAV under 1 MB.
 
-        ``audio`` is μ-law 8 kHz samples, or a WAV (μ-law, or 16-bit PCM at 8 kHz
-        mono) recognised by its ``RIFF....WAVE`` start. Audio too long for one
-        message is cut into parts of equal length (±1 sample), not full parts and a
-        scrap; part *i* carries ``timestamp`` plus its offset in the utterance, in
-        ms, so the parts stay ordered on the platform's side. Empty audio sends nothing.
+        ``audio`` is μ-law 8 kHz samples, or a μ-law 8 kHz mono WAV recognised by its
+        ``RIFF....WAVE`` start (raises :class:`~stages.wav.WavError` for another WAV).
+        Audio too long for one message is cut into parts of equal length (±1 sample),
+        not full parts and a scrap; part *i* carries ``timestamp`` plus its offset in
+        the utterance, in ms, so the parts stay ordered on the platform's side. Empty
+        audio sends nothing.
         """
         if type(timestamp) is not int or timestamp < 0:
             raise ValueError(f"timestamp must be non-negative integer ms, not {timestamp!r}")
         if (self._state, SpeechChunk) not in self._TRANSITIONS:
             raise LocalProtocolError(f"cannot send speech in state {self._state}")
         if audio[:4] == b"RIFF" and audio[8:12] == b"WAVE":
-            audio = mulaw_from_wav(audio)
+            audio = _mulaw_samples(audio)
         if not audio:
             return []
-        last_timestamp = timestamp + len(audio) * 1000 // SAMPLE_RATE
+        last_timestamp = timestamp + len(audio) * 1000 // TELEPHONE_RATE
         per_message = self.max_speech_samples(last_timestamp)
         if per_message < 1:
             raise MessageTooBig(f"callId {self._call_id!r} leaves no room for audio in 1 MB")
@@ -453,8 +454,8 @@ class ServerProtocol(_Core):
         bounds = [len(audio) * part // parts for part in range(parts + 1)]
         messages = []
         for start, end in itertools.pairwise(bounds):
-            wav = encode_mulaw_wav(audio[start:end], SAMPLE_RATE)
-            chunk = SpeechChunk(self._call_id, wav, timestamp + start * 1000 // SAMPLE_RATE)
+            wav = encode_mulaw_wav(audio[start:end], TELEPHONE_RATE)
+            chunk = SpeechChunk(self._call_id, wav, timestamp + start * 1000 // TELEPHONE_RATE)
             messages += self.send(chunk)
         return messages
 
@@ -494,3 +495,16 @@ class ServerProtocol(_Core):
 
     def _encode_interrupt(self, event: Interrupt) -> list[str]:
         return [_dumps({"event": "interrupt", "callId": self._own(event)})]
+
+
+def _mulaw_samples(wav: bytes) -> bytes:
+    """The samples of a μ-law 8 kHz mono WAV; any other WAV is the caller's to convert
+    (:func:`stages.mulaw.mulaw_from_wav` encodes 16-bit PCM), not the protocol's."""
+    audio = decode_wav(wav)
+    telephone = (WAVE_FORMAT_MULAW, TELEPHONE_RATE, 1)
+    if (audio.format_tag, audio.sample_rate, audio.channels) != telephone:
+        raise WavError(
+            f"speech must be μ-law 8000 Hz mono, not {audio.format_name} "
+            f"{audio.sample_rate} Hz with {audio.channels} channel(s)"
+        )
+    return audio.data

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from stages import mulaw
+from stages.mulaw import mulaw_from_wav
 from stages.wav import (
     WAV_HEADER_SIZE,
     WAVE_FORMAT_MULAW,
@@ -20,7 +21,6 @@ from stages.wav import (
     WavError,
     decode_wav,
     encode_mulaw_wav,
-    mulaw_from_wav,
 )
 
 with warnings.catch_warnings():
