@@ -33,59 +33,49 @@ server). :func:`create_llm` builds one by name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import trio
+
+from pipeline.runtime.dialogue import BotText, CallerText, Message, Role, SpeakableText
+from pipeline.runtime.errors import LlmError
+from pipeline.runtime.service import Service
+from pipeline.runtime.stage import Outbox, Stage
 
 __all__ = [
     "BACKENDS",
     "EchoLlm",
     "LlmBackend",
+    "LlmConfig",
     "LlmError",
     "Message",
+    "Responder",
     "Role",
     "complete",
     "create_llm",
 ]
 
-Role = Literal["system", "user", "assistant"]
-
-
-class LlmError(RuntimeError):
-    """The LLM could not produce (the rest of) a reply; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One turn of the conversation, in the roles every chat model understands."""
-
-    role: Role
-    content: str
-
-    def as_dict(self) -> dict[str, str]:
-        """The OpenAI / llama.cpp chat-message shape."""
-        return {"role": self.role, "content": self.content}
-
 
 @runtime_checkable
 class LlmBackend(Protocol):
-    """What a turn manager needs from an LLM: load once, stream replies, close."""
+    """What a voice bot needs from an LLM: serve for the server's lifetime, stream replies.
+
+    :class:`~pipeline.runtime.service.Service` gives ``serving()`` from ``setup()`` and
+    ``aclose()``; a backend raises :class:`LlmError` from either when it cannot serve.
+    """
 
     name: str
 
-    async def setup(self) -> None:
-        """Load or connect once, before the first call; raise :class:`LlmError` if impossible."""
+    def serving(self) -> AbstractAsyncContextManager[None]:
+        """Load or connect once, before the first call; free at the end of the block."""
         ...
 
     def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         """Text deltas of the assistant's reply to ``messages``, as they are generated."""
-        ...
-
-    async def aclose(self) -> None:
-        """Free what :meth:`setup` took (connections, models)."""
         ...
 
 
@@ -96,7 +86,7 @@ def _last_user_text(messages: Sequence[Message]) -> str:
     return ""
 
 
-class EchoLlm:
+class EchoLlm(Service):
     """A deterministic test fake: repeats the caller's last message in a fixed template.
 
     The reply is streamed word by word (each delta after the first starts with its
@@ -156,13 +146,35 @@ async def complete(llm: LlmBackend, messages: Sequence[Message]) -> str:
 BACKENDS = ("local", "openai", "echo")
 
 
-def create_llm(backend: str, **options: Any) -> LlmBackend:
-    """Build a backend by the name a config file or CLI flag uses.
+@dataclass(frozen=True, slots=True)
+class LlmConfig:
+    """``[llm]`` of ``bot.toml``: which backend, its model, and how it answers.
+
+    ``model``: a GGUF path (local) or a model name (openai); "" = the bundled SmolLM2.
+    ``threads``: llama.cpp prompt threads (0: every core). ``timeout_s``: how long a
+    reply may take to start before the caller hears the fallback line.
+    """
+
+    backend: str = "local"
+    model: str = ""
+    url: str = "http://127.0.0.1:8000"
+    api_key: str = ""
+    temperature: float = 0.7
+    max_tokens: int = 96
+    timeout_s: float = 10.0
+    threads: int = 0
+
+
+def create_llm(backend: str | LlmConfig, **options: Any) -> LlmBackend:
+    """Build a backend from ``[llm]`` (an :class:`LlmConfig`) or by name with options.
 
     ``local`` → :class:`~stages.llm_local.LlamaCppLlm`, ``openai`` →
     :class:`~stages.llm_openai.OpenAiCompatibleLlm`, ``echo`` → :class:`EchoLlm`;
-    ``options`` go to its constructor. Heavy imports happen only for the one chosen.
+    by name, ``options`` go to its constructor. Heavy imports happen only for the one
+    chosen.
     """
+    if isinstance(backend, LlmConfig):
+        return create_llm(backend.backend, **_options_of(backend))
     if backend == "echo":
         return EchoLlm(**options)
     if backend == "local":
@@ -174,3 +186,96 @@ def create_llm(backend: str, **options: Any) -> LlmBackend:
 
         return OpenAiCompatibleLlm(**options)
     raise ValueError(f"unknown LLM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _options_of(config: LlmConfig) -> dict[str, Any]:
+    """The constructor options of ``config.backend`` that ``config`` sets."""
+    if config.backend == "local":
+        options: dict[str, Any] = {
+            "max_tokens": config.max_tokens,
+            "temperature": config.temperature,
+        }
+        if config.model:
+            options["model_path"] = config.model
+        if config.threads > 0:
+            options["threads"] = config.threads
+        return options
+    if config.backend == "openai":
+        return {
+            "url": config.url,
+            "model": config.model or "default",
+            "api_key": config.api_key or None,
+            "max_tokens": config.max_tokens,
+            "temperature": config.temperature,
+            "read_timeout": config.timeout_s,
+        }
+    return {}
+
+
+class Responder(Stage[Any, Any]):
+    """The reply path's LLM step: the caller's words in, the bot's words out as they come.
+
+    A :class:`~pipeline.runtime.dialogue.CallerText` is answered by ``llm`` with the
+    reply's instructions and history; every other frame (a stage's own answer, an
+    operator's line) passes through, so the LLM is asked only when nobody answered.
+    Until the first speakable piece has been voiced the model waits: the caller waits
+    for that audio alone, and the two would share the cores. A failure (or no first
+    word within ``timeout_s``) ends the reply with ``fallback_line`` if nothing was
+    said yet, and is noted on the reply (``llm_failed``).
+    """
+
+    def __init__(
+        self,
+        llm: LlmBackend,
+        *,
+        timeout_s: float = 10.0,
+        fallback_line: str = "",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.llm = llm
+        self.timeout_s = timeout_s
+        self.fallback_line = fallback_line
+        self.failures = 0
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[Any], outbox: Outbox[Any]) -> None:
+        async for frame in inbox:
+            if isinstance(frame, CallerText):
+                await self._answer(frame, outbox)
+            else:
+                await outbox.send(frame)
+
+    async def _answer(self, heard: CallerText, outbox: Outbox[Any]) -> None:
+        reply = heard.reply
+        reply.answered_by = self.llm.name or "llm"
+        said = False
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + self.timeout_s) as wait:
+                async with aclosing(self.llm.stream(reply.prompt(heard.text))) as deltas:
+                    async for delta in deltas:
+                        reply.mark("llm_first_token")
+                        wait.deadline = math.inf
+                        reply.text += delta
+                        said = True
+                        await outbox.send(
+                            BotText(reply=reply, text=delta, captured_at=heard.captured_at)
+                        )
+                        if reply.pieces_queued and not reply.first_audio.is_set():
+                            await reply.first_audio.wait()
+            if wait.cancelled_caught:
+                raise LlmError(f"no reply within {self.timeout_s:g} s")
+        except LlmError as exc:
+            self.failures += 1
+            reply.llm_failed = True
+            reply.error = str(exc)
+            if not said and self.fallback_line:
+                # one fixed line, spoken whole (the splitter passes a piece through)
+                reply.text = self.fallback_line
+                await outbox.send(
+                    SpeakableText(
+                        reply=reply, text=self.fallback_line, captured_at=heard.captured_at
+                    )
+                )
+
+    def statistics(self) -> dict[str, Any]:
+        return {"failures": self.failures}

@@ -32,7 +32,9 @@ from typing import Any
 
 import trio
 
-from stages.llm import LlmError, Message
+from pipeline.runtime.dialogue import Message
+from pipeline.runtime.errors import LlmError
+from pipeline.runtime.service import Service
 
 __all__ = ["BUNDLED_MODEL", "LlamaCppLlm", "bundled_model_path"]
 
@@ -54,7 +56,7 @@ def bundled_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_MODEL
 
 
-class LlamaCppLlm:
+class LlamaCppLlm(Service):
     """A chat GGUF model run locally by llama.cpp, streaming its reply token by token.
 
     ``n_ctx`` bounds prompt plus reply (the conversation must fit: keep history

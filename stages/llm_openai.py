@@ -22,7 +22,9 @@ from typing import Any
 
 import httpx
 
-from stages.llm import LlmError, Message
+from pipeline.runtime.dialogue import Message
+from pipeline.runtime.errors import LlmError
+from pipeline.runtime.service import Service
 
 __all__ = ["OpenAiCompatibleLlm", "chat_completions_url"]
 
@@ -60,7 +62,7 @@ class _SseDecoder:
         yield from self.line("")
 
 
-class OpenAiCompatibleLlm:
+class OpenAiCompatibleLlm(Service):
     """Stream chat completions from an OpenAI-compatible HTTP server.
 
     ``url`` is the server root (``http://127.0.0.1:8080``), its ``/v1`` base or the

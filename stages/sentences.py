@@ -33,9 +33,13 @@ code fences, link targets, emoji.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
 
-__all__ = ["SentenceSplitter", "speakable", "speakable_pieces"]
+from pipeline.runtime.dialogue import BotText, Reply, SpeakableText
+from pipeline.runtime.stage import Stage
+
+__all__ = ["SentenceSplitter", "SpeechSplitter", "speakable", "speakable_pieces"]
 
 SENTENCE_END = ".?!…"
 CLAUSE_END = ",;:"
@@ -216,3 +220,48 @@ async def speakable_pieces(
             yield piece
     for piece in splitter.flush():
         yield piece
+
+
+class SpeechSplitter(Stage[Any, Any]):
+    """The reply path's cut into speakable pieces: :class:`~pipeline.runtime.dialogue.BotText`
+    deltas in, a :class:`~pipeline.runtime.dialogue.SpeakableText` out for each piece the
+    moment it is complete (the first at its first comma), the rest at the end of the reply.
+
+    A pure transform, so it runs in the responder's task with no channel hop; other
+    frames pass through.
+    """
+
+    def __init__(self, splitter: SentenceSplitter | None = None, *, name: str | None = None):
+        super().__init__(name=name)
+        self.splitter = splitter or SentenceSplitter()
+        self._reply: Reply | None = None
+        self._captured_at = 0.0
+
+    def process(self, item: Any) -> Iterable[Any]:
+        if not isinstance(item, BotText):
+            return (item,)
+        if self._reply is not item.reply:
+            pieces = self._flush()  # a new reply: what is left of the last one first
+            self._reply, self._captured_at = item.reply, item.captured_at
+            return [*pieces, *self._pieces(self.splitter.feed(item.text))]
+        return self._pieces(self.splitter.feed(item.text))
+
+    def finish(self) -> Iterable[Any]:
+        return self._flush()
+
+    def _flush(self) -> list[SpeakableText]:
+        if self._reply is None:
+            return []
+        pieces = self._pieces(self.splitter.flush())
+        self._reply = None
+        return pieces
+
+    def _pieces(self, texts: list[str]) -> list[SpeakableText]:
+        reply = self._reply
+        assert reply is not None
+        for _ in texts:
+            reply.mark("first_clause")
+            reply.pieces_queued += 1
+        return [
+            SpeakableText(reply=reply, text=text, captured_at=self._captured_at) for text in texts
+        ]

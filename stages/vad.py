@@ -26,26 +26,31 @@ import math
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import trio
 
+from pipeline.runtime.errors import VadError
 from pipeline.runtime.frames import Frame, PcmAudio
 from pipeline.runtime.stage import Outbox, Stage
 
 __all__ = [
     "DEFAULT_VAD_MODEL",
+    "WINDOW",
     "SileroModel",
     "SileroStream",
+    "VadConfig",
     "VadError",
     "VadFrame",
     "VadService",
     "VadStage",
     "VadStream",
+    "VoiceActivityDetector",
+    "VoiceActivityStream",
     "open_vad_service",
     "probabilities_of",
 ]
@@ -65,8 +70,48 @@ CONTEXT = {8000: 32, 16000: 64}
 STATE_SHAPE = (2, 128)  # per stream; the model's state input is (2, batch, 128)
 
 
-class VadError(RuntimeError):
-    """The VAD model could not be loaded or run."""
+class VoiceActivityStream(Protocol):
+    """One call's view of a VAD: its own state; closed when the call ends."""
+
+    def __enter__(self) -> VoiceActivityStream: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    async def probability(self, window: np.ndarray) -> float:
+        """Speech probability (0..1) of the next ``window_size`` samples of this call."""
+        ...
+
+
+@runtime_checkable
+class VoiceActivityDetector(Protocol):
+    """What a voice bot needs from voice activity detection: one service for every call.
+
+    :class:`VadStage` cuts a call's audio into windows of ``window_size`` samples at
+    ``sample_rate`` and asks the call's stream for each one's speech probability. A
+    service may batch the windows of all calls (:class:`VadService` does). Raise
+    :class:`VadError` when the model cannot run.
+    """
+
+    name: str
+    sample_rate: int
+    window_size: int
+
+    def serving(self) -> AbstractAsyncContextManager[None]: ...
+
+    def open_stream(self) -> AbstractContextManager[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    """``[vad]`` of ``bot.toml``: the Silero model and how windows of calls are batched.
+
+    ``model``: a Silero v5 ``.onnx`` ("" = the vendored file); ``max_batch_delay_s``:
+    how long a batch waits for the other calls' windows.
+    """
+
+    model: str = ""
+    max_batch_delay_s: float = 0.004
+    max_batch: int = 512
 
 
 class SileroModel:
@@ -197,8 +242,10 @@ class VadStream:
 
 
 class VadService:
-    """Batches the windows of every open stream into one inference. Start with
-    :func:`open_vad_service` (or ``nursery.start(service.serve)``)."""
+    """Silero, batching the windows of every open stream into one inference: the default
+    :class:`VoiceActivityDetector`. Enter ``serving()`` (or :func:`open_vad_service`)."""
+
+    name = "silero"
 
     def __init__(
         self,
@@ -226,6 +273,27 @@ class VadService:
         self.batches = 0
         self.windows = 0
         self.largest_batch = 0
+
+    @classmethod
+    def from_config(cls, config: VadConfig) -> VadService:
+        """The service ``[vad]`` describes (the model loads in :meth:`serving`)."""
+        return cls(
+            config.model or None,
+            max_batch_delay=config.max_batch_delay_s,
+            max_batch=config.max_batch,
+        )
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Load the model (errors surface here), then batch for the block's duration."""
+        if self.model is None:
+            self.model = await trio.to_thread.run_sync(SileroModel, self._model_or_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.serve)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
 
     def open_stream(self) -> VadStream:
         """A new stream with fresh state; close it when the call ends."""
@@ -330,15 +398,9 @@ async def open_vad_service(
     The model loads first, outside any nursery, so a bad path raises a plain
     :class:`VadError` here, at start-up.
     """
-    if not isinstance(model, SileroModel):
-        model = await trio.to_thread.run_sync(SileroModel, model)
     service = VadService(model, **options)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.serve)
-        try:
-            yield service
-        finally:
-            nursery.cancel_scope.cancel()
+    async with service.serving():
+        yield service
 
 
 @dataclass(slots=True, kw_only=True)
@@ -363,14 +425,10 @@ class VadStage(Stage[PcmAudio, VadFrame]):
     zero-padded for the model, but its frame holds only the real samples.
     """
 
-    def __init__(self, service: VadService, *, name: str | None = None) -> None:
+    def __init__(self, service: VoiceActivityDetector, *, name: str | None = None) -> None:
         super().__init__(name=name)
         self.service = service
         self.windows = 0
-
-    async def setup(self) -> None:
-        if not self.service._running:
-            raise RuntimeError("VadStage needs a running VadService (open_vad_service())")
 
     async def run(self, inbox: trio.MemoryReceiveChannel[PcmAudio], outbox: Outbox[VadFrame]):
         size = self.service.window_size
@@ -396,7 +454,12 @@ class VadStage(Stage[PcmAudio, VadFrame]):
                 await outbox.send(await self._frame(stream, padded, buffer, position, last))
 
     async def _frame(
-        self, stream: VadStream, window: np.ndarray, kept: np.ndarray, start: int, source: PcmAudio
+        self,
+        stream: VoiceActivityStream,
+        window: np.ndarray,
+        kept: np.ndarray,
+        start: int,
+        source: PcmAudio,
     ) -> VadFrame:
         probability = await stream.probability(window)
         self.windows += 1

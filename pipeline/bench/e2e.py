@@ -30,9 +30,10 @@ from pipeline.bench.loopback import serve_on_loopback, speak, wait_for_greeting
 from pipeline.bench.report import distribution, progress
 from pipeline.bench.stage_latency import dial_all, summarize, turn_progress, warm_up_call
 from pipeline.bot.config import BotConfig
-from pipeline.bot.voicebot import VoiceBot, build_llm
+from pipeline.bot.voicebot import VoiceBot
 from pipeline.caller.emulator import open_call
-from stages.llm import EchoLlm, LlmBackend, Message
+from pipeline.runtime.service import Service
+from stages.llm import EchoLlm, LlmBackend, Message, create_llm
 
 __all__ = ["LONG_REPLY", "TARGETS", "SwitchableLlm", "run_e2e"]
 
@@ -52,7 +53,7 @@ TARGETS = {
 MIN_AUDIO_LEFT_S = 0.6  # bot audio still to play at the caller's onset for a fair barge-in
 
 
-class SwitchableLlm:
+class SwitchableLlm(Service):
     """The configured LLM, until the bench switches replies to another backend."""
 
     def __init__(self, main: LlmBackend) -> None:
@@ -149,7 +150,7 @@ async def run_e2e(
     warm_up: bool = True,
 ) -> None:
     """Load the voice bot, run the turns, read RSS, then the barge-ins; fill ``outcome``."""
-    llm = SwitchableLlm(build_llm(config.llm))
+    llm = SwitchableLlm(create_llm(config.llm))
     bot = InstrumentedBot(VoiceBot(config, llm=llm, record_dir=record_dir))
     progress("loading the models (VAD, STT, TTS, LLM)")
     async with serve_on_loopback(bot) as (_, url):

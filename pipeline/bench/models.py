@@ -57,8 +57,7 @@ def describe_models(config: BotConfig, bot: str = "voice") -> dict[str, Any]:
     """The models a ``bot`` built from ``config`` loads (the parrot bot loads none)."""
     if bot == "parrot":
         return {"note": "the parrot bot loads no models (energy gate, μ-law codec only)"}
-    models = config.models
-    stt = models.stt_model
+    stt = str(config.stt.model or "")
     if not stt:
         stt_entry = {
             **file_entry(_bundled("stt")),
@@ -78,11 +77,11 @@ def describe_models(config: BotConfig, bot: str = "voice") -> dict[str, Any]:
     elif config.llm.backend == "openai":
         llm.update(url=config.llm.url, model=config.llm.model or "default")
     return {
-        "vad": file_entry(models.vad_model or _bundled("vad")),
+        "vad": file_entry(config.vad.model or _bundled("vad")),
         "stt": stt_entry,
         "tts": {
-            **file_entry(models.tts_voice or _bundled("tts")),
-            "length_scale": models.tts_length_scale,
+            **file_entry(config.tts.voice or _bundled("tts")),
+            "length_scale": config.tts.length_scale,
         },
         "llm": llm,
     }

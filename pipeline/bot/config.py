@@ -1,8 +1,9 @@
 """A voice bot's configuration: one ``bot.toml``, every section optional.
 
-::
+Each section is the configuration object of what it configures, field for field, so
+everything a service or stage can be told is settable from the file::
 
-    [bot]
+    [bot]                              # pipeline.bot.config.ConversationConfig
     system_prompt = "You answer the phone for a small bakery. Reply in one or two sentences."
     greeting = "Hello, you are through to the bakery. How can I help?"
     # greeting_wav = "greeting.wav"   # play a recording instead of speaking the text
@@ -10,33 +11,34 @@
     max_history_messages = 16
     fallback_line = "Sorry, I did not catch that. Could you say it again?"
 
-    [llm]
+    [llm]                              # stages.llm.LlmConfig
     backend = "local"                  # local (llama.cpp GGUF) | openai | echo
     model = ""                         # GGUF path (local) or model name (openai); "" = default
     url = "http://127.0.0.1:8000"      # openai: the server's base URL
-    api_key = ""
     temperature = 0.7
     max_tokens = 96
     timeout_s = 10.0
 
-    [tts]
+    [stt]                              # stages.stt.SttConfig (every field)
+    model = ""                         # faster-whisper name or path; "" = bundled tiny.en
+    beam_size = 1
+
+    [tts]                              # stages.tts.TtsConfig
     voice = ""                         # a Piper .onnx voice; "" = bundled en_US-joe-medium
     length_scale = 1.0                 # > 1 speaks slower
 
-    [stt]
-    model = ""                         # faster-whisper name or path; "" = bundled tiny.en
-
-    [vad]
+    [vad]                              # stages.vad.VadConfig
     model = ""                         # Silero VAD .onnx; "" = the vendored file
 
-    [turns]                            # any field of stages.turns.TurnConfig
+    [turns]                            # stages.turns.TurnConfig
     min_silence_ms = 600
 
-    [jitter]                           # any field of stages.jitter.JitterConfig
+    [jitter]                           # stages.jitter.JitterConfig
     max_delay = 0.3
 
-Unknown sections or keys are errors, not silently ignored: a typo in a deployment
-file should fail at start-up with its name.
+Unknown sections or keys, and values of the wrong type, are errors naming the file,
+section and key, not silently ignored: a typo in a deployment file should fail at
+start-up.
 """
 
 from __future__ import annotations
@@ -47,21 +49,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.runtime.errors import ConfigError
 from stages.jitter import JitterConfig
+from stages.llm import LlmConfig
+from stages.stt import SttConfig
+from stages.tts import TtsConfig
 from stages.turns import TurnConfig
+from stages.vad import VadConfig
 
 __all__ = [
     "BotConfig",
     "ConfigError",
     "ConversationConfig",
     "LlmConfig",
-    "ModelsConfig",
     "load_config",
 ]
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the file, section and key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,31 +80,12 @@ class ConversationConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class LlmConfig:
-    backend: str = "local"
-    model: str = ""
-    url: str = "http://127.0.0.1:8000"
-    api_key: str = ""
-    temperature: float = 0.7
-    max_tokens: int = 96
-    timeout_s: float = 10.0
-    threads: int = 0  # local backend: llama.cpp prompt threads (0: every core)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelsConfig:
-    tts_voice: str = ""
-    tts_length_scale: float = 1.0
-    tts_threads: int = 0  # ONNX Runtime threads per sentence (0: every core)
-    stt_model: str = ""
-    vad_model: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class BotConfig:
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
+    stt: SttConfig = field(default_factory=SttConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
     turns: TurnConfig = field(default_factory=TurnConfig)
     jitter: JitterConfig = field(default_factory=JitterConfig)
 
@@ -118,18 +101,15 @@ class BotConfig:
         return dataclasses.replace(self, **changed)
 
 
-# TOML section -> (BotConfig field, {TOML key: dataclass field})
-_SECTIONS: dict[str, tuple[str, dict[str, str] | None]] = {
-    "bot": ("conversation", None),
-    "llm": ("llm", None),
-    "tts": (
-        "models",
-        {"voice": "tts_voice", "length_scale": "tts_length_scale", "threads": "tts_threads"},
-    ),
-    "stt": ("models", {"model": "stt_model"}),
-    "vad": ("models", {"model": "vad_model"}),
-    "turns": ("turns", None),
-    "jitter": ("jitter", None),
+# TOML section -> BotConfig field (the others are named as their section)
+_SECTIONS: dict[str, str] = {
+    "bot": "conversation",
+    "llm": "llm",
+    "stt": "stt",
+    "tts": "tts",
+    "vad": "vad",
+    "turns": "turns",
+    "jitter": "jitter",
 }
 
 
@@ -151,6 +131,10 @@ def _build(cls: type, values: dict[str, Any], section: str, source: str, *, base
             raise ConfigError(f"{source}: [{section}] {key} must be a number")
         if isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"{source}: [{section}] {key} must be a string")
+        if isinstance(default, frozenset):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{source}: [{section}] {key} must be a list of strings")
+            values = {**values, key: frozenset(value)}
     try:
         return cls(**{**current, **values})
     except (TypeError, ValueError) as exc:
@@ -177,15 +161,7 @@ def load_config(path: str | Path | None) -> BotConfig:
     for section, values in document.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
-        target, renames = _SECTIONS[section]
-        if renames is not None:
-            unknown_keys = sorted(set(values) - set(renames))
-            if unknown_keys:
-                raise ConfigError(
-                    f"{path}: unknown key(s) {', '.join(unknown_keys)} in [{section}]; "
-                    f"known: {', '.join(renames)}"
-                )
-            values = {renames[key]: value for key, value in values.items()}
+        target = _SECTIONS[section]
         built = _build(
             type(getattr(config, target)), values, section, str(path), base=getattr(config, target)
         )

@@ -1,12 +1,14 @@
 """The turn manager: caller turns in, spoken replies out, barge-in cancelling them.
 
-For every caller turn: STT → LLM (streamed) → speakable pieces → TTS → media out,
-each piece sent the moment it is ready. The LLM waits while the first piece is
-synthesized: the caller waits for that audio alone, and the two would share cores.
-A turn may start speculatively on a :class:`~stages.turns.SpeechPaused`: it
-transcribes and thinks while the end-of-turn hangover runs, and sends nothing until
-the :class:`~stages.turns.SpeechSegment` commits it (a
-:class:`~stages.turns.SpeechResumed` cancels it instead).
+For every caller turn it runs the bot's *reply path*, a chain of stages built fresh
+for the reply (:mod:`pipeline.runtime.dialogue`): by default STT → LLM (streamed) →
+speakable pieces → TTS, and sends each piece's audio the moment it is ready (media
+out). What the path holds is the bot's to choose: a stage between STT and the LLM
+may answer itself, a text filter may sit before the voice. A turn may start
+speculatively on a :class:`~stages.turns.SpeechPaused`: it transcribes and thinks
+while the end-of-turn hangover runs, and sends nothing until the
+:class:`~stages.turns.SpeechSegment` commits it (a :class:`~stages.turns.SpeechResumed`
+cancels it instead).
 
 Each reply runs inside one cancel scope. A barge-in cancels that scope (the LLM
 stream, TTS, unsent pieces all at once), sends ``interrupt`` and keeps in the
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,17 +38,20 @@ import trio
 from pipeline.bot.config import ConversationConfig
 from pipeline.bot.messages import ConversationEnded
 from pipeline.bot.playback import PlayedPiece, Playout
+from pipeline.runtime.dialogue import BotText, CallerTurn, Message, Reply, SpeechAudio
+from pipeline.runtime.frames import TELEPHONE_RATE
+from pipeline.runtime.graph import open_chain
+from pipeline.runtime.stage import Stage
 from pipeline.server.call import Call
-from stages.llm import LlmBackend, LlmError, Message
-from stages.sentences import SentenceSplitter
-from stages.stt import SttService
-from stages.tts import PiperTts
 from stages.turns import BargeIn, SpeechPaused, SpeechResumed, SpeechSegment
 from stages.wav import encode_mulaw_wav
 
-__all__ = ["Conversation", "ConversationEnded", "TurnRecord"]
+__all__ = ["Conversation", "ConversationEnded", "ReplyStages", "TurnRecord"]
 
-RATE = 8000
+RATE = TELEPHONE_RATE
+
+ReplyStages = Callable[[], list[Stage[Any, Any]]]
+"""Builds a fresh reply path (its stages) for each reply: stages may hold state."""
 
 
 @dataclass(slots=True)
@@ -62,6 +66,7 @@ class TurnRecord:
 
     index: int
     caller_text: str = ""
+    answered_by: str = ""  # llm, a stage's name, operator, greeting
     caller_start_s: float | None = None
     caller_end_s: float | None = None
     stt_confidence: float | None = None
@@ -96,11 +101,22 @@ class _Reply:
     superseded: bool = False
     greeting: bool = False
     done: trio.Event = field(default_factory=trio.Event)
-    first_audio: trio.Event = field(default_factory=trio.Event)  # first piece synthesized
+    context: Reply | None = None  # what its reply path knows (words heard and said)
 
     def mark(self, name: str, now: float) -> None:
         if name not in self.record.timings_ms:
             self.record.timings_ms[name] = round((now - self.speech_end_at) * 1000, 1)
+
+    def open_context(self, instructions: str, history: list[Message]) -> Reply:
+        """The reply path's view of this reply, sharing its timings."""
+        self.context = Reply(
+            turn=self.record.index,
+            speech_ended_at=self.speech_end_at,
+            instructions=instructions,
+            history=list(history),
+            timings_ms=self.record.timings_ms,
+        )
+        return self.context
 
 
 class Conversation:
@@ -111,20 +127,14 @@ class Conversation:
         call: Call,
         *,
         config: ConversationConfig,
-        stt: SttService,
-        llm: LlmBackend,
-        tts: PiperTts,
+        reply_stages: ReplyStages,
         playout: Playout,
         greeting: tuple[str, bytes] | None = None,
-        llm_timeout: float = 10.0,
     ) -> None:
         self.call = call
         self.config = config
-        self.stt = stt
-        self.llm = llm
-        self.tts = tts
+        self.reply_stages = reply_stages
         self.playout = playout
-        self.llm_timeout = llm_timeout
         self.greeting = greeting
         self.history: list[Message] = []
         self.turns: list[TurnRecord] = []
@@ -291,91 +301,51 @@ class Conversation:
         text, audio = self.greeting
         reply.speech_end_at = trio.current_time()
         reply.record.reply_text = text
+        reply.record.answered_by = "greeting"
         await self.call.send_greeting(encode_mulaw_wav(audio))
         self._played(reply, text, audio)
 
     async def _answer(self, reply: _Reply) -> None:
-        started = trio.current_time()
-        transcript = await self.stt.transcribe(reply.audio, RATE)
-        reply.mark("stt", trio.current_time())
-        reply.record.timings_ms["stt_compute"] = round((trio.current_time() - started) * 1000, 1)
-        text = transcript.text.strip()
-        if not text:
+        """A caller turn through the reply path; its audio out once the turn is committed."""
+        context = reply.open_context(self.config.system_prompt, self.history)
+        turn = CallerTurn(
+            reply=context, samples=reply.audio, sample_rate=RATE, captured_at=reply.speech_end_at
+        )
+        await self._run_path(reply, turn)
+        if not context.caller_text and not reply.pieces:
             reply.superseded = True  # noise or an empty turn: nothing to answer
             self._release_index(reply)
-            return
-        reply.record.caller_text = text
-        reply.record.stt_confidence = round(transcript.confidence, 3)
-        messages = [
-            Message("system", self.config.system_prompt),
-            *self.history,
-            Message("user", text),
-        ]
-        pieces_send, pieces_receive = trio.open_memory_channel[str](32)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._think, reply, messages, pieces_send)
-            await self._speak(reply, pieces_receive)
+        elif context.llm_failed:
+            self.call.log.warning("llm failed", extra={"error": context.error})
 
     async def _announce(self, reply: _Reply) -> None:
-        """An operator's line: its speakable pieces, spoken as a reply's would be."""
-        splitter = SentenceSplitter()
-        lines = [*splitter.feed(reply.record.reply_text), *splitter.flush()]
-        pieces_send, pieces_receive = trio.open_memory_channel[str](max(1, len(lines)))
-        with pieces_send:
-            for line in lines:
-                pieces_send.send_nowait(line)
-        await self._speak(reply, pieces_receive)
+        """An operator's line: through the reply path's text filters and voice."""
+        context = reply.open_context(self.config.system_prompt, self.history)
+        context.text = reply.record.reply_text
+        context.answered_by = "operator"
+        line = BotText(reply=context, text=context.text, captured_at=reply.speech_end_at)
+        await self._run_path(reply, line)
 
-    async def _think(
-        self, reply: _Reply, messages: list[Message], pieces: trio.MemorySendChannel[str]
-    ) -> None:
-        """LLM deltas → speakable pieces. A failure ends the reply with the fallback line."""
-        splitter = SentenceSplitter()
-        queued = 0
-        async with pieces:
-            try:
-                with trio.CancelScope(deadline=trio.current_time() + self.llm_timeout) as wait:
-                    async with aclosing(self.llm.stream(messages)) as deltas:
-                        async for delta in deltas:
-                            reply.mark("llm_first_token", trio.current_time())
-                            wait.deadline = math.inf
-                            reply.record.reply_text += delta
-                            for piece in splitter.feed(delta):
-                                reply.mark("first_clause", trio.current_time())
-                                queued += 1
-                                await pieces.send(piece)
-                            if queued and not reply.first_audio.is_set():
-                                # The caller waits for the first clause's audio and for
-                                # nothing else: give TTS the cores until it is out (the
-                                # rest is generated while that audio plays).
-                                await reply.first_audio.wait()
-                if wait.cancelled_caught:
-                    raise LlmError(f"no reply within {self.llm_timeout:g} s")
-                for piece in splitter.flush():
-                    reply.mark("first_clause", trio.current_time())
-                    queued += 1
-                    await pieces.send(piece)
-            except LlmError as exc:
-                reply.record.llm_failed = True
-                self.call.log.warning("llm failed", extra={"error": str(exc)})
-                if queued == 0:
-                    reply.record.reply_text = self.config.fallback_line
-                    await pieces.send(self.config.fallback_line)
+    async def _run_path(self, reply: _Reply, first: Any) -> None:
+        """Run a fresh reply path on one frame; send its audio as it comes (media out).
 
-    async def _speak(self, reply: _Reply, pieces: trio.MemoryReceiveChannel[str]) -> None:
-        """Pieces → TTS → (once the turn is committed) media out, one chunk per piece."""
-        async for piece in pieces:
-            try:
-                audio = await self.tts.synthesize(piece)
-            finally:
-                reply.first_audio.set()
-            if not audio:
-                continue
-            reply.mark("tts_first_chunk", trio.current_time())
-            await reply.committed.wait()
-            await self.call.send_speech(audio)
-            reply.mark("first_send", trio.current_time())
-            self._played(reply, piece, audio)
+        The whole path runs inside the reply's cancel scope: a barge-in stops the LLM,
+        the voice and the unsent pieces at once.
+        """
+        send, receive = trio.open_memory_channel[Any](1)
+        send.send_nowait(first)
+        send.close()
+        async with open_chain(*self.reply_stages(), source=receive) as path:
+            async for frame in path.outputs:
+                if isinstance(frame, SpeechAudio):
+                    await self._send_audio(reply, frame)
+
+    async def _send_audio(self, reply: _Reply, audio: SpeechAudio) -> None:
+        """One piece of speech to the caller, once the turn is committed."""
+        await reply.committed.wait()
+        await self.call.send_speech(audio.mulaw)
+        reply.mark("first_send", trio.current_time())
+        self._played(reply, audio.text, audio.mulaw)
 
     def _played(self, reply: _Reply, text: str, audio: bytes) -> None:
         now = trio.current_time()
@@ -389,6 +359,13 @@ class Conversation:
         if reply.superseded:
             return
         record = reply.record
+        if reply.context is not None:  # what the reply path heard and said, however far
+            context = reply.context
+            record.caller_text = context.caller_text
+            record.stt_confidence = context.confidence
+            record.reply_text = context.text
+            record.answered_by = context.answered_by
+            record.llm_failed = context.llm_failed
         cut_at = reply.interrupted_at if reply.interrupted_at is not None else math.inf
         record.interrupted = reply.interrupted_at is not None
         spoken = " ".join(piece.text for piece in reply.pieces)

@@ -1,117 +1,103 @@
-"""The voice bot: a real offline conversation on every call.
+"""The voice bot: a real offline conversation on every call, as one graph of stages.
 
-Per call, one chain of stages hears the caller::
+Per call, a chain of stages hears the caller::
 
     RTP depacketizer → jitter buffer → μ-law decode → [recorder] → VAD → endpointing
 
-and a :class:`~pipeline.bot.conversation.Conversation` answers each turn with
-STT → LLM → TTS → media out, cancelling the reply on barge-in. The models are shared
-services entered once in :meth:`VoiceBot.serving`: one batched VAD, one STT worker
-pool, one TTS voice, one LLM, so a call costs no model load and a bad model path
-fails at start-up.
+and the turn manager (:class:`~pipeline.bot.conversation.Conversation`) answers each
+turn through the *reply path*, a chain built fresh for every reply::
 
-Every call is a channel of :attr:`VoiceBot.messages` (:mod:`pipeline.bot.messages`): its
-state changes and each finished turn are published there, and an operator's
+    Transcriber (STT) → Responder (LLM) → SpeechSplitter → Synthesizer (TTS) → media out
+
+cancelling it on barge-in. Both chains are lists of stages a user edits in a line
+(``inbound_edits``, ``reply_edits``: each gets the fresh list and returns the one to
+run), and the four speech services behind them are swappable (``vad=``, ``stt=``,
+``llm=``, ``tts=``; :mod:`pipeline.bot.services`). The services are entered once in
+:meth:`VoiceBot.serving` and shared by every call, so a call costs no model load and a
+bad model path fails at start-up.
+
+Every call is a channel of :attr:`VoiceBot.messages` (:mod:`pipeline.bot.messages`):
+its state changes and each finished turn are published there, and an operator's
 ``send_message`` reaches the call's conversation through it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from pipeline.bot.config import BotConfig, ConfigError, LlmConfig
+from pipeline.bot.config import BotConfig, ConfigError
 from pipeline.bot.conversation import Conversation, TurnRecord
 from pipeline.bot.messages import CallState, ConversationBus
 from pipeline.bot.playback import Playout
 from pipeline.bot.recorder import CallRecorder
+from pipeline.bot.services import SpeechServices, serving_all
+from pipeline.runtime.dialogue import Message
+from pipeline.runtime.editing import StageEdit
+from pipeline.runtime.stage import Stage
 from pipeline.server.call import Call
 from stages import mulaw
-from stages.llm import LlmBackend, LlmError, Message, create_llm
+from stages.llm import LlmBackend, LlmError, Responder
 from stages.playout import JitterStage
 from stages.rtp import RtpDepacketizer
-from stages.stt import SttConfig, SttService, open_stt_service
-from stages.tts import PiperTts
+from stages.sentences import SpeechSplitter
+from stages.stt import SpeechToText, Transcriber
+from stages.tts import Synthesizer, TextToSpeech
 from stages.turns import TurnStage
-from stages.vad import SileroModel, VadService, VadStage, open_vad_service
-from stages.wav import WavError, mulaw_from_wav
+from stages.vad import VadStage, VoiceActivityDetector
+from stages.wav import WavError
 
-__all__ = ["SpeechServices", "VoiceBot", "build_llm"]
+__all__ = ["SpeechServices", "VoiceBot"]
 
 logger = logging.getLogger("voicegraph.bot")
 
 
-@dataclass(slots=True)
-class SpeechServices:
-    """The models every call shares."""
-
-    vad: VadService
-    stt: SttService
-    tts: PiperTts
-    llm: LlmBackend
-
-
-def build_llm(config: LlmConfig) -> LlmBackend:
-    """The configured LLM backend, with only the options that backend takes."""
-    if config.backend == "echo":
-        return create_llm("echo")
-    if config.backend == "local":
-        options: dict[str, object] = {
-            "max_tokens": config.max_tokens,
-            "temperature": config.temperature,
-        }
-        if config.model:
-            options["model_path"] = config.model
-        if config.threads > 0:
-            options["threads"] = config.threads
-        return create_llm("local", **options)
-    if config.backend == "openai":
-        return create_llm(
-            "openai",
-            url=config.url,
-            model=config.model or "default",
-            api_key=config.api_key or None,
-            max_tokens=config.max_tokens,
-            temperature=config.temperature,
-            read_timeout=config.timeout_s,
-        )
-    return create_llm(config.backend)  # raises with the list of known backends
-
-
 class VoiceBot:
-    """STT → LLM → TTS with barge-in, on every call. ``record_dir`` keeps every call."""
+    """STT → LLM → TTS with barge-in, on every call. ``record_dir`` keeps every call.
+
+    ``vad``, ``stt``, ``llm``, ``tts``: services to use instead of the configured
+    defaults. ``inbound_edits`` / ``reply_edits``: functions that get each fresh stage
+    list of the inbound chain / reply path and return the list to run, in order (e.g.
+    ``lambda stages: insert_after(stages, Transcriber, MyStage())``).
+    """
 
     def __init__(
         self,
         config: BotConfig | None = None,
         *,
+        vad: VoiceActivityDetector | None = None,
+        stt: SpeechToText | None = None,
         llm: LlmBackend | None = None,
+        tts: TextToSpeech | None = None,
+        inbound_edits: Sequence[StageEdit] = (),
+        reply_edits: Sequence[StageEdit] = (),
         record_dir: Path | None = None,
         messages: ConversationBus | None = None,
     ) -> None:
         self.config = config or BotConfig()
         self.messages = messages or ConversationBus()
-        self._llm = llm
+        self._given = {"vad": vad, "stt": stt, "llm": llm, "tts": tts}
+        self.inbound_edits = list(inbound_edits)
+        self.reply_edits = list(reply_edits)
         self.record_dir = record_dir
         self.services: SpeechServices | None = None
         self.conversations: dict[str, Conversation] = {}
         self.finished: deque[tuple[str, list[TurnRecord]]] = deque(maxlen=100)
         self.greeting: tuple[str, bytes] | None = None
 
-    async def prepare_greeting(self, tts: PiperTts) -> tuple[str, bytes] | None:
+    async def prepare_greeting(self, tts: TextToSpeech) -> tuple[str, bytes] | None:
         """The same greeting opens every call: make its audio once, at start-up."""
         conversation = self.config.conversation
         if conversation.greeting_wav:
             path = trio.Path(conversation.greeting_wav)
             try:
-                audio = mulaw_from_wav(await path.read_bytes())
+                audio = mulaw.mulaw_from_wav(await path.read_bytes())
             except (OSError, WavError) as exc:
                 raise ConfigError(f"greeting_wav {str(path)!r} cannot be used: {exc}") from exc
             return conversation.greeting, audio
@@ -140,56 +126,67 @@ class VoiceBot:
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:
-        """Load and run the shared models for as long as the server runs."""
-        models = self.config.models
+        """Load and run the shared services for as long as the server runs."""
         mulaw.warm_up()
-        vad_model = SileroModel(models.vad_model or None)
-        tts = PiperTts(
-            models.tts_voice or None,
-            length_scale=models.tts_length_scale,
-            threads=models.tts_threads or (os.cpu_count() or 1),
-        )
-        llm = self._llm or build_llm(self.config.llm)
-        async with (
-            open_vad_service(vad_model) as vad,
-            open_stt_service(SttConfig(model=models.stt_model or None)) as stt,
-        ):
-            async with trio.open_nursery() as nursery:  # load TTS and LLM side by side
-                nursery.start_soon(tts.setup)
-                nursery.start_soon(llm.setup)
-            self.services = SpeechServices(vad=vad, stt=stt, tts=tts, llm=llm)
-            self.greeting = await self.prepare_greeting(tts)
-            await self.prime_llm(llm)
+        services = SpeechServices.from_config(self.config, **self._given)
+        async with serving_all(services):
+            self.services = services
             try:
+                self.greeting = await self.prepare_greeting(services.tts)
+                await self.prime_llm(services.llm)
                 yield
             finally:
                 self.services = None
-                with trio.move_on_after(5, shield=True):
-                    await llm.aclose()
+
+    def inbound_stages(self, recorder: CallRecorder | None, playout: Playout) -> list[Stage]:
+        """A call's inbound chain: the caller's packets to turn events, edited."""
+        services = self._serving()
+        stages: list[Stage[Any, Any]] = [
+            RtpDepacketizer(),
+            JitterStage(self.config.jitter),
+            mulaw.MulawDecoder(),
+        ]
+        if recorder is not None:
+            stages.append(recorder.caller_tap())
+        stages += [VadStage(services.vad), TurnStage(self.config.turns, bot=playout.bot)]
+        return _edited(stages, self.inbound_edits)
+
+    def reply_stages(self) -> list[Stage]:
+        """A fresh reply path: a caller turn to the bot's audio, edited."""
+        services = self._serving()
+        conversation = self.config.conversation
+        stages: list[Stage[Any, Any]] = [
+            Transcriber(services.stt),
+            Responder(
+                services.llm,
+                timeout_s=self.config.llm.timeout_s,
+                fallback_line=conversation.fallback_line,
+            ),
+            SpeechSplitter(),
+            Synthesizer(services.tts),
+        ]
+        return _edited(stages, self.reply_edits)
+
+    def _serving(self) -> SpeechServices:
+        if self.services is None:
+            raise RuntimeError("VoiceBot: calls are handled only inside serving()")
+        return self.services
 
     async def handle_call(self, call: Call) -> None:
-        services = self.services
-        if services is None:
-            raise RuntimeError("VoiceBot.handle_call outside serving()")
+        self._serving()
         playout = Playout()
         conversation = Conversation(
             call,
             config=self.config.conversation,
-            stt=services.stt,
-            llm=services.llm,
-            tts=services.tts,
+            reply_stages=self.reply_stages,
             playout=playout,
             greeting=self.greeting,
-            llm_timeout=self.config.llm.timeout_s,
         )
         recorder = None
         if self.record_dir is not None:
             recorder = CallRecorder.for_call(self.record_dir, call.call_id, call.started_at)
-        stages = [RtpDepacketizer(), JitterStage(self.config.jitter), mulaw.MulawDecoder()]
-        if recorder is not None:
-            stages.append(recorder.caller_tap())
             recorder.attach(conversation)
-        stages += [VadStage(services.vad), TurnStage(self.config.turns, bot=playout.bot)]
+        stages = self.inbound_stages(recorder, playout)
         self.conversations[call.call_id] = conversation
         with self.messages.open_channel(call.call_id, conversation, call.started_at) as channel:
             channel.state(CallState.CONNECTING)
@@ -203,8 +200,15 @@ class VoiceBot:
                 ending, reason = CallState.ERROR, str(exc) or type(exc).__name__
                 raise
             finally:
-                self.conversations.pop(call.call_id, None)
+                if self.conversations.get(call.call_id) is conversation:  # not a re-dial's
+                    del self.conversations[call.call_id]
                 self.finished.append((call.call_id, conversation.turns))
                 if recorder is not None:
                     recorder.close()
                 channel.state(ending, reason)
+
+
+def _edited(stages: list[Stage[Any, Any]], edits: Sequence[StageEdit]) -> list[Stage[Any, Any]]:
+    for edit in edits:
+        stages = edit(stages)
+    return stages

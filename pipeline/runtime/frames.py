@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "TELEPHONE_RATE",
     "Concealment",
     "Frame",
     "MulawAudio",
@@ -21,6 +22,9 @@ __all__ = [
     "Stamp",
     "Utterance",
 ]
+
+TELEPHONE_RATE = 8000
+"""Samples per second of telephone audio (G.711): every call's timeline counts in them."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,5 +1,7 @@
 """bot.toml: every section optional, every mistake named."""
 
+import re
+
 import pytest
 
 from pipeline.bot.config import BotConfig, ConfigError, load_config
@@ -49,11 +51,11 @@ max_delay = 0.2
     assert config.conversation.system_prompt == "Be brief."
     assert config.conversation.barge_in is False
     assert (config.llm.backend, config.llm.model, config.llm.max_tokens) == ("openai", "qwen", 50)
-    assert config.models.tts_voice == "/voices/amy.onnx"
-    assert config.models.tts_length_scale == 1.2
-    assert (config.llm.threads, config.models.tts_threads) == (2, 1)
-    assert config.models.stt_model == "small.en"
-    assert config.models.vad_model == "/models/vad.onnx"
+    assert config.tts.voice == "/voices/amy.onnx"
+    assert config.tts.length_scale == 1.2
+    assert (config.llm.threads, config.tts.threads) == (2, 1)
+    assert config.stt.model == "small.en"
+    assert config.vad.model == "/models/vad.onnx"
     assert config.turns.min_silence_ms == 500
     assert config.turns.early_silence_ms == 0
     assert config.turns.threshold == BotConfig().turns.threshold  # untouched keys keep defaults
@@ -89,3 +91,46 @@ def test_command_line_overrides_the_file(tmp_path):
     changed = config.with_overrides(llm={"backend": "echo", "url": None, "model": None})
     assert changed.llm.backend == "echo"
     assert changed.llm.url == "http://a"  # None means "not given on the command line"
+
+
+def test_every_field_of_a_service_config_is_settable(tmp_path):
+    """Each section is its configuration object: every SttConfig field from [stt], ..."""
+    config = load_config(
+        write(
+            tmp_path,
+            """
+[stt]
+beam_size = 3
+window_pad_s = 1.5
+short_window = false
+phantom_phrases = ["thank you", "bye"]
+[tts]
+workers = 2
+volume = 0.5
+[vad]
+max_batch_delay_s = 0.01
+""",
+        )
+    )
+    assert (config.stt.beam_size, config.stt.window_pad_s, config.stt.short_window) == (
+        3,
+        1.5,
+        False,
+    )
+    assert config.stt.phantom_phrases == frozenset({"thank you", "bye"})
+    assert (config.tts.workers, config.tts.volume) == (2, 0.5)
+    assert config.vad.max_batch_delay_s == 0.01
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ('[stt]\nbeam_size = "three"', "[stt] beam_size must be a number"),
+        ('[stt]\nphantom_phrases = "bye"', "[stt] phantom_phrases must be a list of strings"),
+        ('[tts]\nvoices = "x"', "unknown key(s) voices in [tts]"),
+        ("[vad]\nmodel = 3", "[vad] model must be a string"),
+    ],
+)
+def test_a_bad_key_is_named_with_its_section(tmp_path, text, names):
+    with pytest.raises(ConfigError, match=re.escape(names)):
+        load_config(write(tmp_path, text))
