@@ -18,10 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench.load_caller import speech_like
-from pipeline.protocol.bot_side import PayloadFormat, ServerProtocol
-from pipeline.protocol.events import Media
-from pipeline.protocol.platform_side import ClientProtocol
+from pipeline.bench import speech_like
+from pipeline.protocol import ClientProtocol, Media, PayloadFormat, ServerProtocol
 from stages import mulaw
 from stages.jitter import JitterBuffer
 from stages.rtp import PAYLOAD_TYPE_PCMU, RtpPacket

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bench.capacity import Children, process_cpu_seconds, server_log, start_server
+from pipeline.bench import Children, process_cpu_seconds, server_log, start_server
 
 from .inbound_path import CLK_TCK, REGISTRATION_TIMEOUT
 from .report import progress

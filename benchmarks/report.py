@@ -16,8 +16,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from pipeline.bench.report import cpu_model, describe_run, machine, progress, save_figure
-from pipeline.bench.report import write_json as _write_json
+from pipeline.bench import cpu_model, describe_run, machine, progress, save_figure
+from pipeline.bench import write_json as _write_json
 
 __all__ = ["RESULTS_DIR", "cpu_model", "machine", "progress", "timing_summary", "write_report"]
 

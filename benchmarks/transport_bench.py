@@ -45,7 +45,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.bench.capacity import sigterm_as_exit
+from pipeline.bench import sigterm_as_exit
 
 from .inbound_path import FORMATS, LAYERS, TARGET_CALLS, TARGET_US, measure_packets
 from .load_phases import measure_load

@@ -31,7 +31,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from pipeline.bench.capacity import Children, process_cpu_seconds, sigterm_as_exit, start_server
+from pipeline.bench import Children, process_cpu_seconds, sigterm_as_exit, start_server
 
 from .report import progress, write_report
 
@@ -47,7 +47,7 @@ def bare_server(port: int) -> None:
     import trio
     from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-    from pipeline.protocol.bot_side import ServerProtocol
+    from pipeline.protocol import ServerProtocol
 
     async def handle(request: WebSocketRequest) -> None:
         ws = await request.accept()

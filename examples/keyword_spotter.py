@@ -22,11 +22,7 @@ from typing import Any
 
 import trio
 
-from pipeline.bench import insert_after, with_stages
-from pipeline.bot.config import BotConfig
-from pipeline.bot.voicebot import VoiceBot
-from pipeline.runtime.stage import Outbox, Stage
-from pipeline.server.call import Bot
+from pipeline import Bot, BotConfig, Outbox, Stage, VoiceBot, insert_after, with_stages
 from stages.turns import SpeechSegment, TurnEvent, TurnStage
 
 KEYWORDS = frozenset({"operator", "agent", "human", "manager"})

@@ -1,9 +1,61 @@
 """The machinery of ``voicegraph bench``: run a pipeline on the real transport and measure it.
 
-Public pieces a user composing a pipeline needs: :func:`with_stages` (put a stage of
-your own into a bot's per-call chain) and :func:`insert_after`.
+For the bench's users (your own benchmarks, ``benchmarks/``): the probe a measured bot
+carries, the loopback server, the report writers, the pieces of the capacity bench that
+start and watch processes, and the caller's synthetic speech. To put a stage of your own
+into a bot's graph, use :func:`pipeline.server.with_stages` and
+:func:`pipeline.runtime.insert_after`; they work under any server.
 """
 
-from pipeline.bench.instrument import InstrumentedBot, StageProbe, insert_after, with_stages
+from pipeline.bench.capacity import (
+    Children,
+    meets_target,
+    process_cpu_seconds,
+    server_log,
+    sigterm_as_exit,
+    start_server,
+)
+from pipeline.bench.compare import compare_documents
+from pipeline.bench.instrument import InstrumentedBot, ProbedFrame, StageProbe
+from pipeline.bench.load_caller import speech_like
+from pipeline.bench.loopback import serve_on_loopback
+from pipeline.bench.models import describe_models
+from pipeline.bench.report import (
+    cpu_model,
+    describe_run,
+    distribution,
+    machine,
+    progress,
+    save_figure,
+    table,
+    write_json,
+)
+from pipeline.bench.subject import PipelineError, Subject, load_factory, make_subject
 
-__all__ = ["InstrumentedBot", "StageProbe", "insert_after", "with_stages"]
+__all__ = [
+    "Children",
+    "InstrumentedBot",
+    "PipelineError",
+    "ProbedFrame",
+    "StageProbe",
+    "Subject",
+    "compare_documents",
+    "cpu_model",
+    "describe_models",
+    "describe_run",
+    "distribution",
+    "load_factory",
+    "machine",
+    "make_subject",
+    "meets_target",
+    "process_cpu_seconds",
+    "progress",
+    "save_figure",
+    "serve_on_loopback",
+    "server_log",
+    "sigterm_as_exit",
+    "speech_like",
+    "start_server",
+    "table",
+    "write_json",
+]

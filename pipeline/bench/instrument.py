@@ -1,11 +1,10 @@
-"""Seeing inside a running bot: edit the chain it opens per call, and probe what leaves it.
+"""Seeing inside a running bot: probe what leaves the chain it opens per call.
 
-A bot builds its per-call chain itself (``call.open_pipeline(*stages)``), so a bench,
-or a user adding a stage to the default graph, needs a way in that does not mean
-copying the bot. :func:`with_stages` wraps any :class:`~pipeline.server.call.Bot`: on every
-call, the stage list the bot opens goes through ``edit`` first. The bench uses the
-same hook to append a :class:`StageProbe`, a pure transform (so it runs inline, with
-no extra channel hop) that reads the timing stamps of every frame leaving the chain.
+A bot builds its per-call chain itself (``call.open_pipeline(*stages)``); the bench
+goes in through the same hook a user has (:func:`pipeline.server.with_stages`: an edit
+of every call's stage list) to append a :class:`StageProbe`, a pure transform (so it
+runs inline, with no extra channel hop) that reads the timing stamps of every frame
+leaving the chain.
 """
 
 from __future__ import annotations
@@ -21,51 +20,7 @@ from pipeline.runtime.frames import Frame
 from pipeline.runtime.stage import Stage
 from pipeline.server.call import Bot, Call
 
-__all__ = [
-    "InstrumentedBot",
-    "ProbedFrame",
-    "StageEdit",
-    "StageProbe",
-    "insert_after",
-    "with_stages",
-]
-
-StageEdit = Callable[[list[Stage[Any, Any]]], list[Stage[Any, Any]]]
-
-
-def insert_after(
-    stages: list[Stage[Any, Any]], kind: type, *new: Stage[Any, Any]
-) -> list[Stage[Any, Any]]:
-    """``stages`` with ``new`` right after the first stage of class ``kind`` (a typical edit)."""
-    for index, stage in enumerate(stages):
-        if isinstance(stage, kind):
-            return [*stages[: index + 1], *new, *stages[index + 1 :]]
-    names = ", ".join(type(stage).__name__ for stage in stages)
-    raise ValueError(f"no {kind.__name__} in the chain ({names})")
-
-
-class EditedBot:
-    """``bot`` with ``edit`` applied to the stage list of every call; otherwise ``bot``."""
-
-    def __init__(self, bot: Bot, edit: StageEdit) -> None:
-        self.bot = bot
-        self.edit = edit
-
-    def __getattr__(self, name: str) -> Any:  # finished, conversations, config, ...
-        return getattr(self.bot, name)
-
-    def serving(self) -> AbstractAsyncContextManager[None]:
-        return self.bot.serving()
-
-    async def handle_call(self, call: Call) -> None:
-        call.stage_edits.append(self.edit)
-        await self.bot.handle_call(call)
-
-
-def with_stages(bot: Bot, edit: StageEdit) -> EditedBot:
-    """Compose into a bot's graph: ``edit`` gets each call's fresh stage list and returns
-    the list to run (insert, replace or drop stages). Works with ``serve`` as with ``bench``."""
-    return EditedBot(bot, edit)
+__all__ = ["InstrumentedBot", "ProbedFrame", "StageProbe"]
 
 
 @dataclass(slots=True)

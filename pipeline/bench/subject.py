@@ -8,7 +8,7 @@ the CLI overrides; all defaults without them), and returns a
 entered once, where shared models load) and ``async handle_call(call)`` (one call:
 ``call.open_pipeline(*stages)``, then answer with ``call.send_speech``). To put a
 stage of your own into the default graph, wrap the default bot with
-:func:`pipeline.bench.with_stages`, which edits the stage list of every call.
+:func:`pipeline.server.with_stages`, which edits the stage list of every call.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-class PipelineError(ValueError):
+class PipelineError(ConfigError):
     """``--pipeline`` does not name a usable factory; the message says why."""
 
 

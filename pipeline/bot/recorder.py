@@ -16,7 +16,6 @@ start there, so played side by side (or mixed) they sound like the call.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -25,45 +24,15 @@ import numpy as np
 import soundfile
 
 from pipeline.bot.playback import PlayedPiece
-from pipeline.runtime.frames import PcmAudio
+from pipeline.runtime.frames import TELEPHONE_RATE, PcmAudio
 from pipeline.runtime.stage import Stage
+from pipeline.server.recordings import call_folder
 from stages import mulaw
 
 if TYPE_CHECKING:
     from pipeline.bot.conversation import Conversation, TurnRecord
 
-__all__ = ["CallRecorder", "call_folder", "record_platform_event"]
-
-RATE = 8000
-
-
-def call_folder(root: Path, call_id: str) -> Path:
-    """``root/<callId>``, with the id made safe as one folder name (ids come off the network)."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id)
-    if not safe.strip("."):
-        safe = "call" + safe  # never "", "." or ".."
-    return Path(root) / safe
-
-
-def record_platform_event(root: Path, call_id: str, event: str, data: dict[str, Any]) -> Path:
-    """Append ``{"role": "platform", "event": ...}`` to the call's ``transcript.jsonl``.
-
-    Platform webhooks arrive before the call is registered and after it has ended, so
-    this opens, appends one line and closes, instead of going through a live recorder;
-    lines are written whole, in append mode, so they interleave cleanly with its lines.
-    """
-    directory = call_folder(root, call_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    line = {
-        "role": "platform",
-        "event": event,
-        "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": data,
-    }
-    path = directory / "transcript.jsonl"
-    with path.open("a", encoding="utf-8") as transcript:
-        transcript.write(json.dumps(line) + "\n")
-    return path
+__all__ = ["CallRecorder"]
 
 
 class _CallerTap(Stage[PcmAudio, PcmAudio]):
@@ -88,7 +57,7 @@ class CallRecorder:
         self.directory = directory
         self._transcript: TextIO = (directory / "transcript.jsonl").open("a", encoding="utf-8")
         self._caller = soundfile.SoundFile(
-            directory / "caller.wav", "w", samplerate=RATE, channels=1, subtype="PCM_16"
+            directory / "caller.wav", "w", samplerate=TELEPHONE_RATE, channels=1, subtype="PCM_16"
         )
         self._origin = origin  # Trio time of the call's start: 0 s on the timeline
         self._caller_offset: int | None = None  # caller sample 0, in samples from the origin
@@ -108,7 +77,7 @@ class CallRecorder:
     def caller_audio(self, frame: PcmAudio) -> None:
         if self._caller_offset is None:
             first_sample_at = frame.captured_at - frame.end_sample / frame.sample_rate
-            self._caller_offset = max(0, round((first_sample_at - self._origin) * RATE))
+            self._caller_offset = max(0, round((first_sample_at - self._origin) * TELEPHONE_RATE))
             self._caller.write(np.zeros(self._caller_offset, dtype=np.int16))
         self._caller.write(frame.samples)
 
@@ -122,7 +91,7 @@ class CallRecorder:
         """A position in the caller's audio (seconds from its sample 0) on the timeline."""
         if position_s is None:
             return None
-        return round(position_s + (self._caller_offset or 0) / RATE, 3)
+        return round(position_s + (self._caller_offset or 0) / TELEPHONE_RATE, 3)
 
     def turn(self, record: TurnRecord) -> None:
         lines: list[dict[str, Any]] = []
@@ -161,10 +130,10 @@ class CallRecorder:
             return
         placed = []
         for audio, piece in self._bot:
-            start = max(0, round((piece.starts - self._origin) * RATE))
-            heard = max(0, round((piece.ends - piece.starts) * RATE))
+            start = max(0, round((piece.starts - self._origin) * TELEPHONE_RATE))
+            heard = max(0, round((piece.ends - piece.starts) * TELEPHONE_RATE))
             placed.append((start, mulaw.decode(audio)[:heard]))
         track = np.zeros(max(start + len(samples) for start, samples in placed), dtype=np.int16)
         for start, samples in placed:
             track[start : start + len(samples)] = samples
-        soundfile.write(self.directory / "bot.wav", track, RATE, subtype="PCM_16")
+        soundfile.write(self.directory / "bot.wav", track, TELEPHONE_RATE, subtype="PCM_16")

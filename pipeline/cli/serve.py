@@ -13,8 +13,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,14 +22,12 @@ import trio
 from pipeline.bot.config import BotConfig, ConfigError, load_config
 from pipeline.bot.events_socket import serve_events
 from pipeline.bot.messages import ConversationBus
-from pipeline.server.call import Bot, Call
+from pipeline.bot.sharing import share_models
+from pipeline.runtime.errors import VoicegraphError
+from pipeline.server.call import Bot
 from pipeline.server.http_front import normalize_path
 from pipeline.server.logs import configure_logging
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
-from stages.llm import LlmError
-from stages.stt import SttError
-from stages.tts import TtsError
-from stages.vad import VadError
 
 BOTS = ("voice", "parrot")
 
@@ -153,48 +149,10 @@ def make_routed_bots(
     args: argparse.Namespace, routes: dict[str, Path], messages: ConversationBus | None = None
 ) -> dict[str, Bot]:
     """One bot per path. Voice bots with the same model and LLM settings share one set
-    of loaded models: the first of them loads it, the others borrow it."""
-    bots: dict[str, Bot] = {}
-    owners: dict[Any, Any] = {}
-    for path, config_path in routes.items():
-        bot = make_bot(args, config_path, messages)
-        config = getattr(bot, "config", None)
-        if isinstance(config, BotConfig):
-            key = (config.models, config.llm)
-            owner = owners.setdefault(key, bot)
-            if owner is not bot:
-                bot = BorrowingVoiceBot(bot, owner)
-        bots[path] = bot
-    return bots
-
-
-class BorrowingVoiceBot:
-    """A voice bot that runs on another voice bot's loaded models (same settings):
-    one VAD batcher, STT pool, TTS and LLM for both, its own prompt and greeting.
-
-    The owner must be serving first; the server enters bots in route order and the
-    owner is always the earlier route.
-    """
-
-    def __init__(self, bot: Any, owner: Any) -> None:
-        self.bot = bot
-        self.owner = owner
-        self.config = bot.config
-
-    @asynccontextmanager
-    async def serving(self) -> AsyncIterator[None]:
-        services = self.owner.services
-        if services is None:
-            raise RuntimeError("the owning voice bot is not serving yet")
-        self.bot.services = services
-        self.bot.greeting = await self.bot.prepare_greeting(services.tts)
-        try:
-            yield
-        finally:
-            self.bot.services = None
-
-    async def handle_call(self, call: Call) -> None:
-        await self.bot.handle_call(call)
+    of loaded models (:func:`~pipeline.bot.sharing.share_models`)."""
+    return share_models(
+        {path: make_bot(args, config_path, messages) for path, config_path in routes.items()}
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -244,7 +202,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-STARTUP_ERRORS = (ConfigError, VadError, SttError, TtsError, LlmError, OSError)
+STARTUP_ERRORS = (VoicegraphError, OSError)
+"""What start-up may fail with and the user can fix: anything the library raised on purpose,
+and the operating system's refusals (the port is taken, a certificate file is missing)."""
 
 
 def run_reporting_startup_errors(function, *args: object) -> str | None:

@@ -1,4 +1,38 @@
 """The bot server: one port for WebSocket calls and HTTP (webhooks), authentication,
 the live :class:`Call` handed to a bot, structured logs. It knows bots only by the
-:class:`Bot` protocol.
+:class:`Bot` protocol; :func:`with_stages` edits any bot's per-call chain from outside.
 """
+
+from pipeline.server.call import Bot, Call, CallStatistics
+from pipeline.server.editing import EditedBot, with_stages
+from pipeline.server.http_front import (
+    HttpHandler,
+    HttpRequest,
+    HttpResponse,
+    Listening,
+    WebSocketHandler,
+)
+from pipeline.server.logs import configure_logging, redact_number
+from pipeline.server.recordings import call_folder
+from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
+from pipeline.server.webhooks import PlatformEvent, WebhookReceiver
+
+__all__ = [
+    "Bot",
+    "Call",
+    "CallStatistics",
+    "EditedBot",
+    "HttpHandler",
+    "HttpRequest",
+    "HttpResponse",
+    "Listening",
+    "PlatformEvent",
+    "ServerConfig",
+    "VoiceStreamServer",
+    "WebSocketHandler",
+    "WebhookReceiver",
+    "call_folder",
+    "configure_logging",
+    "redact_number",
+    "with_stages",
+]

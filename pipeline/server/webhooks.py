@@ -27,9 +27,9 @@ from urllib.parse import parse_qs
 
 import trio
 
-from pipeline.bot.recorder import record_platform_event
 from pipeline.server.http_front import HttpRequest, HttpResponse
 from pipeline.server.logs import CallLogger
+from pipeline.server.recordings import record_platform_event
 
 __all__ = ["PlatformEvent", "WebhookReceiver"]
 

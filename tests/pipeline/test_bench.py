@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline import PcmAudio, Stage
-from pipeline.bench import insert_after, with_stages
+from pipeline import PcmAudio, Stage, insert_after
 from pipeline.bench.compare import compare_documents
 from pipeline.bench.report import describe_run, write_json
 from pipeline.bench.stage_latency import critical_path
 from pipeline.bot.config import BotConfig
 from pipeline.bot.parrot import ParrotBot
 from pipeline.cli.main import main
-from pipeline.server.call import Bot
+from pipeline.server import Bot, with_stages
 from stages.mulaw import MulawDecoder
 
 from .conftest import speechlike

@@ -18,9 +18,10 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from pipeline import cli
 from pipeline.bot.config import BotConfig, ConfigError, ConversationConfig
 from pipeline.bot.parrot import ParrotBot
+from pipeline.bot.sharing import BorrowingVoiceBot
 from pipeline.bot.voicebot import VoiceBot
 from pipeline.caller.emulator import converse, open_call
-from pipeline.cli.serve import BorrowingVoiceBot, make_routed_bots, parse_routes
+from pipeline.cli.serve import make_routed_bots, parse_routes
 from pipeline.server.call import Call
 from pipeline.server.http_front import HttpRequest, HttpResponse
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
