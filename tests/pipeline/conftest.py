@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import numpy as np
 import pytest
 import trio
@@ -47,3 +54,21 @@ async def start_server(
 @pytest.fixture
 async def parrot(nursery: trio.Nursery) -> tuple[VoiceStreamServer, str]:
     return await start_server(nursery, steady_parrot())
+
+
+@asynccontextmanager
+async def serve_process(*arguments: str) -> AsyncIterator[tuple[trio.Process, dict[str, Any]]]:
+    """``voicegraph serve --port 0 ARGUMENTS`` as a real process: yields it and the JSON
+    line it prints once it listens; killed on the way out if it is still running."""
+    command = [sys.executable, "-m", "pipeline", "serve", "--port", "0", *arguments]
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await process.stdout.receive_some(1)
+        yield process, json.loads(line)
+    finally:
+        if process.returncode is None:
+            process.kill()

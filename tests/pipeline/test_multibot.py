@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from pipeline.server.http_front import HttpRequest, HttpResponse
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.llm import EchoLlm
 
-from .conftest import speechlike, steady_parrot
+from .conftest import serve_process, speechlike, steady_parrot
 
 STEADY_JITTER = "[jitter]\nmin_delay = 0.12\ninitial_delay = 0.12\nmax_delay = 0.12\n"
 
@@ -183,19 +180,9 @@ async def test_borrowing_voice_bot_runs_on_the_owners_models(nursery, tmp_path):
 async def test_serve_command_with_two_routes(tmp_path):
     sales = write(tmp_path / "sales.toml", STEADY_JITTER)
     support = write(tmp_path / "support.toml", STEADY_JITTER)
-    command = [
-        sys.executable, "-m", "pipeline", "serve", "--port", "0", "--bot", "parrot",
-        "--route", f"/media/sales={sales}", "--route", f"/media/support={support}",
-    ]  # fmt: skip
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
-        with trio.fail_after(60):
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-            ready = json.loads(line)
+    routes_args = ["--route", f"/media/sales={sales}", "--route", f"/media/support={support}"]
+    with trio.fail_after(60):
+        async with serve_process("--bot", "parrot", *routes_args) as (process, ready):
             routes = ready["routes"]
             assert sorted(routes) == ["/media/sales", "/media/support"]
             assert ready["webhooks"].endswith("/callbacks")
@@ -207,9 +194,6 @@ async def test_serve_command_with_two_routes(tmp_path):
                     pass
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
 
 
 def test_config_and_route_do_not_mix(tmp_path, capsys):

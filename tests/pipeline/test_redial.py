@@ -5,10 +5,7 @@ on loopback, the parrot bot (or a parrot that opens a conversation channel)."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +24,7 @@ from pipeline.server.call import Call
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages import mulaw
 
-from .conftest import quiet, speechlike, start_server, steady_parrot
+from .conftest import quiet, serve_process, speechlike, start_server, steady_parrot
 
 REPLACED = "replaced by a new connection"
 
@@ -130,28 +127,17 @@ async def test_shutdown_closes_every_live_connection_with_1001(nursery):
 
 
 async def test_sigterm_after_a_redial_closes_the_live_call_with_1001_and_exits_0():
-    command = [sys.executable, "-m", "pipeline", "serve", "--port", "0", "--bot", "parrot"]
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
-        with trio.fail_after(60):
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-            url = json.loads(line)["url"]
+    with trio.fail_after(60):
+        async with serve_process("--bot", "parrot") as (process, ready):
             async with (
-                open_call(url, call_id="re-5") as first,
-                open_call(url, call_id="re-5") as second,
+                open_call(ready["url"], call_id="re-5") as first,
+                open_call(ready["url"], call_id="re-5") as second,
             ):
                 assert await first.wait_closed() == 1008
                 await second.speak(quiet(0.2))
                 process.send_signal(signal.SIGTERM)
                 assert await second.wait_closed() == 1001
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
 
 
 # --- the conversation bus -------------------------------------------------------------

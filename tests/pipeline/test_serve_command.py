@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import trio
 from trio_websocket import open_websocket_url
@@ -12,21 +10,14 @@ from trio_websocket import open_websocket_url
 from benchmarks.speech_corpus import speech
 from pipeline.caller.emulator import converse, open_call
 
+from .conftest import serve_process
+
 
 async def test_serve_publishes_each_turn_on_the_events_socket():
-    command = [
-        sys.executable, "-m", "pipeline", "serve", "--port", "0", "--llm", "echo",
-        "--api-key", "k3y", "--log-level", "warning",
-    ]  # fmt: skip
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
-        with trio.fail_after(120):
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-            url = json.loads(line)["url"]
+    arguments = ["--llm", "echo", "--api-key", "k3y", "--log-level", "warning"]
+    with trio.fail_after(120):
+        async with serve_process(*arguments) as (process, ready):
+            url = ready["url"]
             async with open_websocket_url(url + "events?token=k3y") as events:
                 await events.send_message(json.dumps({"type": "subscribe", "channelIds": ["*"]}))
                 assert json.loads(await events.get_message())["type"] == "subscribed"
@@ -40,9 +31,6 @@ async def test_serve_publishes_each_turn_on_the_events_socket():
                         messages.append(event["data"]["message"])
             process.send_signal(2)
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
     greeting, caller, bot = messages  # the greeting is the bot's first message
     assert greeting["metadata"]["role"] == "bot"
     assert caller["channelId"] == bot["channelId"] == "events-1"

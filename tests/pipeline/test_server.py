@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import ssl
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from pipeline.server.call import Call
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages import mulaw
 
-from .conftest import quiet, speechlike, start_server, steady_parrot
+from .conftest import quiet, serve_process, speechlike, start_server, steady_parrot
 
 
 def padded(samples: np.ndarray) -> bytes:
@@ -203,21 +201,10 @@ async def test_protocol_violation_closes_1002(parrot):
 
 
 async def test_sigterm_closes_calls_with_1001_and_exits_0():
-    command = [sys.executable, "-m", "pipeline", "serve", "--port", "0", "--bot", "parrot"]
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
-        with trio.fail_after(60):
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
-            url = json.loads(line)["url"]
-            async with open_call(url) as call:
+    with trio.fail_after(60):
+        async with serve_process("--bot", "parrot") as (process, ready):
+            async with open_call(ready["url"]) as call:
                 await call.speak(quiet(0.2))
                 process.send_signal(signal.SIGTERM)
                 assert await call.wait_closed() == 1001
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
