@@ -2,8 +2,8 @@
 
 Inbound (the caller's packets to turns): :class:`RtpDepacketizer` → :class:`JitterStage`
 → :class:`MulawDecoder` → :class:`VadStage` → :class:`TurnStage`.
-Reply path (a turn to the bot's speech): :class:`Transcriber` → :class:`Responder` →
-:class:`SpeechSplitter` → :class:`Synthesizer`.
+Reply path (a turn to the bot's speech): :class:`Transcriber` → [:class:`FaqAnswerer`]
+→ :class:`Responder` → :class:`SpeechSplitter` → :class:`Synthesizer`.
 Services behind them, each a small interface with an offline default:
 :class:`VoiceActivityDetector` (:class:`VadService`, Silero), :class:`SpeechToText`
 (:class:`SttService`, faster-whisper), :class:`LlmBackend` (:class:`LlamaCppLlm`,
@@ -16,6 +16,8 @@ names are for users.
 """
 
 from stages.energy import EnergyGateConfig, EnergySegmenter, level_dbfs
+from stages.faq import FaqAnswerer, FaqConfig, FaqEntry, FaqMatcher
+from stages.guards import ReplyConfig
 from stages.jitter import JitterBuffer, JitterConfig
 from stages.llm import EchoLlm, LlmBackend, LlmConfig, LlmError, Responder, create_llm
 from stages.llm_local import LlamaCppLlm
@@ -52,6 +54,10 @@ __all__ = [
     "EchoLlm",
     "EnergyGateConfig",
     "EnergySegmenter",
+    "FaqAnswerer",
+    "FaqConfig",
+    "FaqEntry",
+    "FaqMatcher",
     "JitterBuffer",
     "JitterConfig",
     "JitterStage",
@@ -63,6 +69,7 @@ __all__ = [
     "MulawEncoder",
     "OpenAiCompatibleLlm",
     "PiperTts",
+    "ReplyConfig",
     "ResampleStage",
     "Responder",
     "RtpDepacketizer",

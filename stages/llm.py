@@ -41,10 +41,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from pipeline.runtime.dialogue import BotText, CallerText, Message, Role, SpeakableText
+from pipeline.runtime.dialogue import BotText, CallerText, Message, Reply, Role, SpeakableText
 from pipeline.runtime.errors import LlmError
 from pipeline.runtime.service import Service
 from pipeline.runtime.stage import Outbox, Stage
+from stages.guards import LengthLimit, RepeatWatch, ReplyConfig, pick_fallback, without_replies
 
 __all__ = [
     "BACKENDS",
@@ -222,6 +223,12 @@ class Responder(Stage[Any, Any]):
     for that audio alone, and the two would share the cores. A failure (or no first
     word within ``timeout_s``) ends the reply with ``fallback_line`` if nothing was
     said yet, and is noted on the reply (``llm_failed``).
+
+    ``guards`` (a :class:`~stages.guards.ReplyConfig`; None: none) keep a small model
+    from repeating an earlier reply of the call (held while it matches one, regenerated
+    once without it, else a fallback line) and from talking past ``max_spoken_words``
+    (the LLM stream is closed at the sentence end); what they did is noted on the reply
+    (``guarded``).
     """
 
     def __init__(
@@ -230,13 +237,20 @@ class Responder(Stage[Any, Any]):
         *,
         timeout_s: float = 10.0,
         fallback_line: str = "",
+        guards: ReplyConfig | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         self.llm = llm
         self.timeout_s = timeout_s
         self.fallback_line = fallback_line
+        self.guards = guards
         self.failures = 0
+        self.repeats = 0  # attempts found repeating an earlier reply
+        self.regenerated = 0
+        self.repeat_fallbacks = 0
+        self.cut_long = 0
+        self.held_s = 0.0  # time text of replies that did not repeat was held back
 
     async def run(self, inbox: trio.MemoryReceiveChannel[Any], outbox: Outbox[Any]) -> None:
         async for frame in inbox:
@@ -248,34 +262,113 @@ class Responder(Stage[Any, Any]):
     async def _answer(self, heard: CallerText, outbox: Outbox[Any]) -> None:
         reply = heard.reply
         reply.answered_by = self.llm.name or "llm"
+        messages = reply.prompt(heard.text)
+        earlier = [m.content for m in reply.history if m.role == "assistant"]
         said = False
         try:
-            with trio.CancelScope(deadline=trio.current_time() + self.timeout_s) as wait:
-                async with aclosing(self.llm.stream(reply.prompt(heard.text))) as deltas:
-                    async for delta in deltas:
-                        reply.mark("llm_first_token")
-                        wait.deadline = math.inf
-                        reply.text += delta
-                        said = True
-                        await outbox.send(
-                            BotText(reply=reply, text=delta, captured_at=heard.captured_at)
-                        )
-                        if reply.pieces_queued and not reply.first_audio.is_set():
-                            await reply.first_audio.wait()
-            if wait.cancelled_caught:
-                raise LlmError(f"no reply within {self.timeout_s:g} s")
+            said, repeated = await self._attempt(heard, messages, earlier, outbox)
+            if repeated:
+                self.regenerated += 1
+                reply.mark("regenerated")
+                _note(reply, "repeat")
+                messages = without_replies(messages, repeated)
+                said, repeated = await self._attempt(heard, messages, earlier, outbox)
+            if repeated:
+                assert self.guards is not None
+                self.repeat_fallbacks += 1
+                _note(reply, "repeat_fallback")
+                line = pick_fallback(self.guards.repeat_fallback_lines, earlier)
+                await self._say_whole(heard, line, outbox)
         except LlmError as exc:
             self.failures += 1
             reply.llm_failed = True
             reply.error = str(exc)
             if not said and self.fallback_line:
-                # one fixed line, spoken whole (the splitter passes a piece through)
-                reply.text = self.fallback_line
-                await outbox.send(
-                    SpeakableText(
-                        reply=reply, text=self.fallback_line, captured_at=heard.captured_at
-                    )
-                )
+                await self._say_whole(heard, self.fallback_line, outbox)
+
+    async def _attempt(
+        self, heard: CallerText, messages: list[Message], earlier: list[str], outbox: Outbox[Any]
+    ) -> tuple[bool, list[str]]:
+        """Stream one reply to ``messages`` through the guards: (anything said, the earlier
+        replies it repeated, if it did: then nothing of it was said)."""
+        reply, guards = heard.reply, self.guards
+        watch = limit = None
+        if guards is not None and guards.no_repeats:
+            watch = RepeatWatch(
+                earlier, ratio=guards.repeat_ratio, min_words=guards.repeat_min_words
+            )
+        if guards is not None and guards.max_spoken_words > 0:
+            limit = LengthLimit(guards.max_spoken_words, guards.sentence_overrun_words)
+        text, held, said = "", "", False
+        held_since: float | None = None
+
+        async def say(delta: str) -> None:
+            nonlocal said
+            reply.text += delta
+            said = True
+            await outbox.send(BotText(reply=reply, text=delta, captured_at=heard.captured_at))
+            if reply.pieces_queued and not reply.first_audio.is_set():
+                await reply.first_audio.wait()
+
+        with trio.CancelScope(deadline=trio.current_time() + self.timeout_s) as wait:
+            async with aclosing(self.llm.stream(messages)) as deltas:
+                async for delta in deltas:
+                    reply.mark("llm_first_token")
+                    wait.deadline = math.inf
+                    done = False
+                    if limit is not None:
+                        delta, done = limit.feed(delta)
+                    text += delta
+                    if watch is not None and watch.watching:
+                        verdict = watch.feed(text)
+                        if verdict == "repeat":
+                            self.repeats += 1
+                            return said, watch.repeated  # closing the stream stops the LLM
+                        if verdict == "hold":
+                            if held_since is None:
+                                held_since = trio.current_time()
+                            held, delta = held + delta, ""
+                        else:
+                            watch = None
+                            delta, held = held + delta, ""
+                            if held_since is not None:
+                                self.held_s += trio.current_time() - held_since
+                    if delta:
+                        await say(delta)
+                    if done:
+                        self.cut_long += 1
+                        _note(reply, "length")
+                        break  # closing the stream stops the LLM: nobody would hear the rest
+        if wait.cancelled_caught:
+            raise LlmError(f"no reply within {self.timeout_s:g} s")
+        if held:
+            assert watch is not None
+            if watch.end(text) == "repeat":
+                self.repeats += 1
+                return said, watch.repeated
+            if held_since is not None:
+                self.held_s += trio.current_time() - held_since
+            await say(held)
+        return said, []
+
+    async def _say_whole(self, heard: CallerText, line: str, outbox: Outbox[Any]) -> None:
+        """One fixed line, spoken whole (the splitter passes a piece through)."""
+        heard.reply.text = line
+        await outbox.send(
+            SpeakableText(reply=heard.reply, text=line, captured_at=heard.captured_at)
+        )
 
     def statistics(self) -> dict[str, Any]:
-        return {"failures": self.failures}
+        return {
+            "failures": self.failures,
+            "repeats": self.repeats,
+            "regenerated": self.regenerated,
+            "repeat_fallbacks": self.repeat_fallbacks,
+            "cut_long": self.cut_long,
+            "held_s": round(self.held_s, 3),
+        }
+
+
+def _note(reply: Reply, guard: str) -> None:
+    """Record on the reply what a guard did (comma-separated, for the turn's record)."""
+    reply.guarded = f"{reply.guarded},{guard}" if reply.guarded else guard

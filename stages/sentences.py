@@ -26,8 +26,9 @@ only when the next word starts with a capital letter; ``No.`` only when no numbe
 follows.
 
 Pieces come out through :func:`speakable`, which removes what an LLM writes for a
-screen and a TTS would read aloud badly: markdown emphasis, headings, bullets,
-code fences, link targets, emoji.
+screen and a TTS would read aloud badly: markdown emphasis, headings, bullets and
+numbered-list markers, tables and rules, code fences, link targets, bare URLs, HTML
+tags, emoji and emoticons.
 """
 
 from __future__ import annotations
@@ -61,13 +62,24 @@ _EMOJI = re.compile(
     "\U00002b00-\U00002bff"  # arrows and stars (⭐)
     "\U0000fe00-\U0000fe0f"  # variation selectors
     "\U000e0020-\U000e007f"  # tag characters (subdivision flags)
+    "\U00002190-\U000021ff"  # arrows (→)
+    "\U00002300-\U000023ff"  # technical symbols (⌚, ⏰)
+    "\U000025a0-\U000025ff"  # geometric shapes (▶, ●)
     "\u200d\u20e3"  # zero-width joiner, combining keycap
     "]+"
 )
+_EMOTICON = re.compile(r"(?<![\w:])[:;]-?[()DPp](?!\w)")
+# A URL is read aloud character by character: drop it (its sentence's "." stays).
+_URL = re.compile(r"<?(?:https?://|www\.)[^\s<>]*[^\s<>.,;:!?'\")\]]>?", re.IGNORECASE)
+_HTML_TAG = re.compile(r"</?[A-Za-z][^>\n]*>")
+_NUMBERED = re.compile(r"^\s*\d{1,3}[.)]\s+", re.MULTILINE)
+_RULE = re.compile(r"^\s*([-*_=])(?:\s*\1){2,}\s*$", re.MULTILINE)  # ---, ***, table ===
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$", re.MULTILINE)
+_TABLE_CELL = re.compile(r"\s*\|\s*")
 _CODE_FENCE = re.compile(r"```[^\n`]*")
 _LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s*", re.MULTILINE)
-_BULLET = re.compile(r"^\s*[-*+•]\s+", re.MULTILINE)
+_BULLET = re.compile(r"^\s*[-*+•●▪◦]\s+", re.MULTILINE)
 _QUOTE = re.compile(r"^\s*>\s?", re.MULTILINE)
 _EMPHASIS = re.compile(r"\*+|~~|`+|(?<!\w)_+|_+(?!\w)")
 _SPACES = re.compile(r"\s+")
@@ -85,15 +97,28 @@ def speakable(text: str) -> str:
     """
     text = _CODE_FENCE.sub(" ", text)
     text = _LINK.sub(r"\1", text)
+    text = _URL.sub("", text)
+    text = _HTML_TAG.sub(" ", text)
+    text = _TABLE_RULE.sub("", text)
+    text = _RULE.sub("", text)
+    text = _TABLE_CELL.sub(", ", text)
     text = _HEADING.sub("", text)
     text = _BULLET.sub("", text)
+    text = _NUMBERED.sub("", text)
     text = _QUOTE.sub("", text)
     text = _EMPHASIS.sub("", text)
     text = _EMOJI.sub("", text)
+    text = _EMOTICON.sub("", text)
     text = _SPACES.sub(" ", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     text = _ORPHAN_EDGE.sub("", text)
     return text if any(ch.isalnum() for ch in text) else ""
+
+
+def _in_url(text: str, i: int) -> bool:
+    """Whether ``text[i]`` is inside a URL (its ``?`` starts a query, not a question)."""
+    word = text[: i + 1].rsplit(None, 1)[-1].lstrip("<(")
+    return word.lower().startswith(("http://", "https://", "www."))
 
 
 def _word_count(text: str) -> int:
@@ -155,7 +180,7 @@ class SentenceSplitter:
                 while end < n and (text[end] in SENTENCE_END or text[end] in CLOSERS):
                     end += 1
                 if end == n:
-                    done = final or ch in "?!…"
+                    done = final or (ch in "?!…" and not _in_url(text, i))
                     return n if done and speakable(text) else None
                 if not text[end].isspace():
                     continue  # 3.5, e.g.x, example.com, "?!" runs handled above

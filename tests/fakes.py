@@ -9,16 +9,25 @@ is :class:`stages.llm.EchoLlm`), so a bot takes them with ``vad=``, ``stt=``, ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import trio
 
+from pipeline.runtime.dialogue import Message
 from pipeline.runtime.service import Service
 from stages import mulaw
 from stages.stt import Transcript
 
-__all__ = ["FakeEnergyVad", "FakeScriptedStt", "FakeToneTts", "tone_burst"]
+__all__ = [
+    "REPEAT_PREVIOUS",
+    "FakeEnergyVad",
+    "FakeScriptedLlm",
+    "FakeScriptedStt",
+    "FakeToneTts",
+    "tone_burst",
+]
 
 RATE = 8000
 
@@ -97,3 +106,53 @@ class FakeToneTts(Service):
 
     def statistics(self) -> dict[str, Any]:
         return {"pieces": len(self.spoken)}
+
+
+REPEAT_PREVIOUS = "<the previous reply, word for word>"
+"""A :class:`FakeScriptedLlm` script line: say the prompt's last assistant message again."""
+
+
+class FakeScriptedLlm(Service):
+    """A fake LLM: its n-th reply is the n-th line of its script, streamed word by word.
+
+    :data:`REPEAT_PREVIOUS` repeats the latest assistant message it was shown (in this
+    prompt or, if it has none, an earlier one), as a small model does; past the script's
+    end it says nothing. It keeps every prompt
+    (``prompts``), how many words each reply yielded (``words_yielded``) and how many
+    replies were closed before their end (``closed_early``), so tests see what the model
+    was asked and that a stream was stopped.
+    """
+
+    name = "fake-scripted-llm"
+
+    def __init__(self, script: Iterable[str], *, token_delay: float = 0.0) -> None:
+        self.script = list(script)
+        self.token_delay = token_delay
+        self.prompts: list[list[Message]] = []
+        self.words_yielded: list[int] = []
+        self.closed_early = 0
+        self._shown = ""  # the latest assistant message of any prompt
+
+    def line_for(self, messages: Sequence[Message], index: int) -> str:
+        said = [m.content for m in messages if m.role == "assistant"]
+        self._shown = said[-1] if said else self._shown
+        line = self.script[index] if index < len(self.script) else ""
+        return self._shown if line == REPEAT_PREVIOUS else line
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        self.prompts.append(list(messages))
+        words = self.line_for(messages, len(self.prompts) - 1).split(" ")
+        self.words_yielded.append(0)
+        finished = False
+        try:
+            for index, word in enumerate(words):
+                if self.token_delay > 0:
+                    await trio.sleep(self.token_delay)
+                else:
+                    await trio.lowlevel.checkpoint()
+                self.words_yielded[-1] += 1
+                yield word if index == 0 else f" {word}"
+            finished = True
+        finally:
+            if not finished:
+                self.closed_early += 1

@@ -20,7 +20,9 @@ import pytest
 import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("runtime", "protocol", "server", "bot", "caller", "platform", "bench", "cli")
+SUBPACKAGES = (
+    "runtime", "protocol", "server", "bot", "caller", "platform", "bench", "cli", "demo"
+)  # fmt: skip
 PUBLIC_PACKAGES = ("pipeline", *(f"pipeline.{name}" for name in SUBPACKAGES), "stages")
 
 # Files owned elsewhere that still import private modules; each entry is (file, module).

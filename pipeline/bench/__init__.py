@@ -18,7 +18,7 @@ from pipeline.bench.capacity import (
 from pipeline.bench.compare import compare_documents
 from pipeline.bench.instrument import InstrumentedBot, ProbedFrame, StageProbe
 from pipeline.bench.load_caller import speech_like
-from pipeline.bench.loopback import serve_on_loopback
+from pipeline.bench.loopback import CallerTurn, CallResult, dial, match_records, serve_on_loopback
 from pipeline.bench.models import describe_models
 from pipeline.bench.report import (
     cpu_model,
@@ -33,6 +33,8 @@ from pipeline.bench.report import (
 from pipeline.bench.subject import PipelineError, Subject, load_factory, make_subject
 
 __all__ = [
+    "CallResult",
+    "CallerTurn",
     "Children",
     "InstrumentedBot",
     "PipelineError",
@@ -43,10 +45,12 @@ __all__ = [
     "cpu_model",
     "describe_models",
     "describe_run",
+    "dial",
     "distribution",
     "load_factory",
     "machine",
     "make_subject",
+    "match_records",
     "meets_target",
     "process_cpu_seconds",
     "progress",

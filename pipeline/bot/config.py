@@ -30,6 +30,17 @@ everything a service or stage can be told is settable from the file::
     [vad]                              # stages.vad.VadConfig
     model = ""                         # Silero VAD .onnx; "" = the vendored file
 
+    [faq]                              # stages.faq.FaqConfig: answered without the LLM
+    min_score = 0.6
+    [[faq.facts]]
+    questions = ["When are you open?", "What are your opening hours?"]
+    answer = "We are open Monday to Saturday, 7 am to 6 pm."
+
+    [reply]                            # stages.guards.ReplyConfig: guards on LLM replies
+    max_spoken_words = 40              # end at the first sentence end past this (0: no limit)
+    no_repeats = true                  # never say an earlier reply of the call again
+    repeat_fallback_lines = ["Is there anything else I can help you with?"]
+
     [turns]                            # stages.turns.TurnConfig
     min_silence_ms = 600
 
@@ -50,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.runtime.errors import ConfigError
+from stages.faq import FaqConfig, FaqEntry
+from stages.guards import ReplyConfig
 from stages.jitter import JitterConfig
 from stages.llm import LlmConfig
 from stages.stt import SttConfig
@@ -86,6 +99,8 @@ class BotConfig:
     stt: SttConfig = field(default_factory=SttConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     vad: VadConfig = field(default_factory=VadConfig)
+    faq: FaqConfig = field(default_factory=FaqConfig)
+    reply: ReplyConfig = field(default_factory=ReplyConfig)
     turns: TurnConfig = field(default_factory=TurnConfig)
     jitter: JitterConfig = field(default_factory=JitterConfig)
 
@@ -108,6 +123,8 @@ _SECTIONS: dict[str, str] = {
     "stt": "stt",
     "tts": "tts",
     "vad": "vad",
+    "faq": "faq",
+    "reply": "reply",
     "turns": "turns",
     "jitter": "jitter",
 }
@@ -131,6 +148,8 @@ def _build(cls: type, values: dict[str, Any], section: str, source: str, *, base
             raise ConfigError(f"{source}: [{section}] {key} must be a number")
         if isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"{source}: [{section}] {key} must be a string")
+        if isinstance(default, tuple) and isinstance(value, tuple):
+            continue  # already built (the facts of [faq])
         if isinstance(default, frozenset):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: [{section}] {key} must be a list of strings")
@@ -162,8 +181,33 @@ def load_config(path: str | Path | None) -> BotConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         target = _SECTIONS[section]
+        if section == "faq":
+            values = _with_facts(values, str(path))
         built = _build(
             type(getattr(config, target)), values, section, str(path), base=getattr(config, target)
         )
         config = dataclasses.replace(config, **{target: built})
     return config
+
+
+def _with_facts(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[[faq.facts]]`` tables (``questions`` = a list of phrasings, ``answer``) built
+    into :class:`~stages.faq.FaqEntry` values."""
+    facts = values.get("facts", [])
+    if not isinstance(facts, list) or not all(isinstance(fact, dict) for fact in facts):
+        raise ConfigError(f"{source}: [faq] facts must be [[faq.facts]] tables")
+    entries = []
+    for number, fact in enumerate(facts, 1):
+        where = f"[[faq.facts]] #{number}"
+        unknown = sorted(set(fact) - {"questions", "answer"})
+        if unknown:
+            raise ConfigError(f"{source}: {where}: unknown key(s) {', '.join(unknown)}")
+        questions, answer = fact.get("questions"), fact.get("answer")
+        if not isinstance(questions, list) or not questions:
+            raise ConfigError(f"{source}: {where}: questions must be a non-empty list")
+        if not all(isinstance(q, str) and q.strip() for q in questions):
+            raise ConfigError(f"{source}: {where}: every question must be a non-empty string")
+        if not isinstance(answer, str) or not answer.strip():
+            raise ConfigError(f"{source}: {where}: answer must be a non-empty string")
+        entries.append(FaqEntry(tuple(questions), answer.strip()))
+    return {**values, "facts": tuple(entries)}

@@ -67,6 +67,7 @@ class TurnRecord:
     index: int
     caller_text: str = ""
     answered_by: str = ""  # llm, a stage's name, operator, greeting
+    guarded: str = ""  # what the reply guards did: repeat, repeat_fallback, length
     caller_start_s: float | None = None
     caller_end_s: float | None = None
     stt_confidence: float | None = None
@@ -365,6 +366,7 @@ class Conversation:
             record.stt_confidence = context.confidence
             record.reply_text = context.text
             record.answered_by = context.answered_by
+            record.guarded = context.guarded
             record.llm_failed = context.llm_failed
         cut_at = reply.interrupted_at if reply.interrupted_at is not None else math.inf
         record.interrupted = reply.interrupted_at is not None

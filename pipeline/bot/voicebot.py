@@ -7,7 +7,8 @@ Per call, a chain of stages hears the caller::
 and the turn manager (:class:`~pipeline.bot.conversation.Conversation`) answers each
 turn through the *reply path*, a chain built fresh for every reply::
 
-    Transcriber (STT) → Responder (LLM) → SpeechSplitter → Synthesizer (TTS) → media out
+    Transcriber (STT) → [FaqAnswerer] → Responder (LLM) → SpeechSplitter → Synthesizer (TTS)
+    → media out
 
 cancelling it on barge-in. Both chains are lists of stages a user edits in a line
 (``inbound_edits``, ``reply_edits``: each gets the fresh list and returns the one to
@@ -43,6 +44,7 @@ from pipeline.runtime.editing import StageEdit
 from pipeline.runtime.stage import Stage
 from pipeline.server.call import Call
 from stages import mulaw
+from stages.faq import FaqAnswerer
 from stages.llm import LlmBackend, LlmError, Responder
 from stages.playout import JitterStage
 from stages.rtp import RtpDepacketizer
@@ -155,12 +157,15 @@ class VoiceBot:
         """A fresh reply path: a caller turn to the bot's audio, edited."""
         services = self._serving()
         conversation = self.config.conversation
+        faq = [FaqAnswerer(self.config.faq)] if self.config.faq.facts else []
         stages: list[Stage[Any, Any]] = [
             Transcriber(services.stt),
+            *faq,
             Responder(
                 services.llm,
                 timeout_s=self.config.llm.timeout_s,
                 fallback_line=conversation.fallback_line,
+                guards=self.config.reply,
             ),
             SpeechSplitter(),
             Synthesizer(services.tts),

@@ -58,9 +58,9 @@ class Message:
 class Reply:
     """One reply in flight, shared by every frame of its path.
 
-    ``instructions`` is the system prompt for this reply and ``history`` the earlier
-    turns, both copied when the reply starts: a stage may add facts to the
-    instructions of one reply without changing the next. ``text`` is what the bot says
+    ``instructions`` is the system prompt and ``history`` the earlier turns, both copied
+    when the reply starts; ``notes`` are what a stage tells the LLM for this reply only
+    (the facts closest to the question), placed after the history. ``text`` is what the bot says
     (grown by the responder or set by a stage that answers itself); ``answered_by``
     names who answered (``llm``, a stage's name, ``operator``). Timings are
     milliseconds from ``speech_ended_at`` (the end of the caller's speech, Trio clock).
@@ -70,12 +70,14 @@ class Reply:
     speech_ended_at: float
     instructions: str = ""
     history: list[Message] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the LLM, this reply only
     caller_text: str = ""
     confidence: float | None = None
     text: str = ""
     answered_by: str = ""
     llm_failed: bool = False
     error: str = ""  # why the LLM failed, for the log
+    guarded: str = ""  # what reply guards did, comma-separated: repeat, repeat_fallback, length
     timings_ms: dict[str, float] = field(default_factory=dict)
     pieces_queued: int = 0
     first_audio: trio.Event = field(default_factory=trio.Event)
@@ -87,9 +89,12 @@ class Reply:
             self.timings_ms[name] = round((at - self.speech_ended_at) * 1000, 1)
 
     def prompt(self, text: str) -> list[Message]:
-        """The messages an LLM answers for caller words ``text``."""
+        """The messages an LLM answers for caller words ``text``: the instructions, the
+        history, this reply's notes, the caller's words. Notes go last so the start of
+        the prompt is the same every turn and a local model reuses its cache for it."""
         system = [Message("system", self.instructions)] if self.instructions else []
-        return [*system, *self.history, Message("user", text)]
+        notes = [Message("system", note) for note in self.notes]
+        return [*system, *self.history, *notes, Message("user", text)]
 
 
 @dataclass(slots=True, kw_only=True)

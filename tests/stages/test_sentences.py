@@ -97,8 +97,8 @@ def test_dotted_abbreviations_end_a_sentence_before_a_capital() -> None:
 
 
 def test_line_breaks_and_numbered_lists() -> None:
-    reply = "We offer:\n1. Delivery to your door\n2. Pick up in store"
-    assert pieces(reply) == ["We offer:", "1. Delivery to your door", "2. Pick up in store"]
+    reply = "We offer:\n1. Delivery to your door\n2) Pick up in store"
+    assert pieces(reply) == ["We offer:", "Delivery to your door", "Pick up in store"]
 
 
 def test_overlong_run_is_cut_at_a_space() -> None:
@@ -129,6 +129,21 @@ def test_markdown_and_emoji_are_removed() -> None:
         "Monday: 9 to 5",
         "Tuesday: closed",
         "See our page for details.",
+    ]
+
+
+def test_urls_tables_rules_html_and_emoticons_are_removed() -> None:
+    reply = (
+        "Order at https://rosies.example/order?x=1. Or see www.rosies.example!\n"
+        "| Day | Hours |\n|:---|---:|\n| Sun | 8 to 1 |\n***\n"
+        "Turn → left<br>at the <b>bakery</b> :) ⏰"
+    )
+    assert pieces(reply) == [
+        "Order at.",
+        "Or see!",
+        "Day, Hours",
+        "Sun, 8 to 1",
+        "Turn left at the bakery",
     ]
 
 
