@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,10 +13,15 @@ import numpy as np
 import pytest
 import trio
 
+from pipeline.bot.config import BotConfig, ConversationConfig
 from pipeline.bot.parrot import ParrotBot
+from pipeline.bot.voicebot import VoiceBot
+from pipeline.runtime.editing import StageEdit
 from pipeline.server.call import Bot
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.jitter import JitterConfig
+from stages.llm import EchoLlm
+from tests.fakes import FakeEnergyVad, FakeScriptedStt, FakeToneTts, tone_burst
 
 RATE = 8000
 
@@ -72,3 +77,38 @@ async def serve_process(*arguments: str) -> AsyncIterator[tuple[trio.Process, di
     finally:
         if process.returncode is None:
             process.kill()
+
+
+def utterance(seconds: float = 0.8) -> np.ndarray:
+    """A caller turn the fake VAD hears: half a second of quiet, a tone, quiet again."""
+    quiet_part = np.zeros(4000, dtype=np.int16)
+    return np.concatenate([quiet_part, tone_burst(seconds), quiet_part])
+
+
+@asynccontextmanager
+async def fake_bot(
+    script: Sequence[str],
+    *,
+    llm: EchoLlm | None = None,
+    stt: FakeScriptedStt | None = None,
+    tts: FakeToneTts | None = None,
+    reply_edits: Sequence[StageEdit] = (),
+    greeting: str = "",
+    **conversation: Any,
+) -> AsyncIterator[tuple[VoiceBot, str]]:
+    """The real voice bot on the named fakes (no model loads) on a free port: the STT
+    'hears' ``script`` line by line. Leaving the block shuts the server down."""
+    config = BotConfig(conversation=ConversationConfig(greeting=greeting, **conversation))
+    bot = VoiceBot(
+        config,
+        vad=FakeEnergyVad(),
+        stt=stt or FakeScriptedStt(script),
+        llm=llm or EchoLlm(),
+        tts=tts or FakeToneTts(),
+        reply_edits=reply_edits,
+    )
+    server = VoiceStreamServer(ServerConfig(port=0), bot)
+    async with trio.open_nursery() as nursery:
+        listener = await nursery.start(server.serve)
+        yield bot, f"ws://127.0.0.1:{listener.port}/"
+        server.shutdown()

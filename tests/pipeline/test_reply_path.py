@@ -8,58 +8,25 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import soundfile
 import trio
 
 from examples.faq_answerer import FAQ, with_faq
-from pipeline.bot.config import BotConfig, ConversationConfig
+from pipeline.bot.config import BotConfig
 from pipeline.bot.voicebot import VoiceBot
 from pipeline.caller.emulator import converse, open_call
 from pipeline.cli.main import main
 from pipeline.runtime.dialogue import SpeakableText
-from pipeline.runtime.editing import StageEdit, insert_after
+from pipeline.runtime.editing import insert_after
 from pipeline.runtime.stage import Stage
-from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.llm import EchoLlm
 from stages.sentences import SpeechSplitter
-from tests.fakes import FakeEnergyVad, FakeScriptedStt, FakeToneTts, tone_burst
+from tests.fakes import FakeEnergyVad, FakeScriptedStt, FakeToneTts
 
-QUIET = np.zeros(4000, dtype=np.int16)
-
-
-def utterance(seconds: float = 0.8) -> np.ndarray:
-    return np.concatenate([QUIET, tone_burst(seconds), QUIET])
-
-
-@asynccontextmanager
-async def fake_bot(
-    script: Sequence[str],
-    *,
-    llm: EchoLlm | None = None,
-    stt: FakeScriptedStt | None = None,
-    tts: FakeToneTts | None = None,
-    reply_edits: Sequence[StageEdit] = (),
-    greeting: str = "",
-) -> AsyncIterator[tuple[VoiceBot, str]]:
-    config = BotConfig(conversation=ConversationConfig(greeting=greeting))
-    bot = VoiceBot(
-        config,
-        vad=FakeEnergyVad(),
-        stt=stt or FakeScriptedStt(script),
-        llm=llm or EchoLlm(),
-        tts=tts or FakeToneTts(),
-        reply_edits=reply_edits,
-    )
-    server = VoiceStreamServer(ServerConfig(port=0), bot)
-    async with trio.open_nursery() as nursery:
-        listener = await nursery.start(server.serve)
-        yield bot, f"ws://127.0.0.1:{listener.port}/"
-        server.shutdown()
+from .conftest import fake_bot, utterance
 
 
 class DigitRedactor(Stage[Any, Any]):
