@@ -2,116 +2,43 @@
 
     python -m examples.faq_answerer          # a call to a bakery bot that knows its hours
 
-:class:`FaqAnswerer` reads what the caller said (a :class:`CallerText`). When it
-matches one of its questions, the stage answers itself with a :class:`BotText`, and
+:class:`stages.FaqAnswerer` reads what the caller said (a :class:`CallerText`). When it
+matches one of the bot's facts, the stage answers itself with a :class:`BotText`, and
 the LLM step passes that through instead of asking the model: the answer is the
 configured one, word for word, in the bot's voice. Anything else goes on to the LLM.
-Putting it into the default bot is one edit of the reply path::
+``[faq]`` in ``bot.toml`` puts it in the graph; from Python it is one edit of the reply
+path, which is how any stage of your own goes in::
 
     bot = VoiceBot(config, reply_edits=[with_faq(FAQ)])
 
-Matching here is deliberately simple (the share of a question's content words that
-the caller said), enough to show the seam; a deployment would match paraphrases and
-STT errors more robustly.
+(README's "Swap a service, insert a stage" writes such a stage from scratch.)
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import trio
 
-from pipeline import BotConfig, BotText, CallerText, Stage, StageEdit, VoiceBot, insert_after
+from pipeline import BotConfig, StageEdit, VoiceBot, insert_after
 from pipeline.bot import ConversationConfig
-from stages import Transcriber
+from stages import FaqAnswerer, FaqConfig, FaqEntry, Transcriber
 
 FAQ = {
     "When are you open?": "We are open Monday to Saturday from 7 am to 6 pm.",
     "How much is a loaf of bread?": "A loaf of bread costs 4 dollars.",
 }
 
-_STOP_WORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "is",
-        "are",
-        "do",
-        "does",
-        "you",
-        "your",
-        "we",
-        "our",
-        "i",
-        "me",
-        "my",
-        "of",
-        "to",
-        "for",
-        "at",
-        "in",
-        "on",
-        "it",
-        "this",
-        "that",
-        "what",
-        "when",
-        "how",
-        "much",
-        "many",
-        "can",
-        "could",
-        "would",
-        "please",
-    ]
-)
 
-
-def content_words(text: str) -> set[str]:
-    return {word for word in re.findall(r"[a-z']+", text.lower()) if word not in _STOP_WORDS}
-
-
-class FaqAnswerer(Stage[Any, Any]):
-    """Answers a caller question that matches one of ``faq``'s; passes everything else."""
-
-    name = "faq"
-
-    def __init__(self, faq: Mapping[str, str], *, min_overlap: float = 0.6) -> None:
-        super().__init__()
-        self.entries = [(content_words(question), answer) for question, answer in faq.items()]
-        self.min_overlap = min_overlap
-        self.answered = 0
-
-    def answer_for(self, text: str) -> str | None:
-        heard = content_words(text)
-        best, best_score = None, 0.0
-        for words, answer in self.entries:
-            score = len(words & heard) / len(words) if words else 0.0
-            if score > best_score:
-                best, best_score = answer, score
-        return best if best_score >= self.min_overlap else None
-
-    def process(self, item: Any) -> Iterable[Any]:
-        if not isinstance(item, CallerText):
-            return (item,)
-        answer = self.answer_for(item.text)
-        if answer is None:
-            return (item,)  # the LLM answers
-        self.answered += 1
-        item.reply.text = answer
-        item.reply.answered_by = self.name
-        return (BotText(reply=item.reply, text=answer, captured_at=item.captured_at),)
-
-    def statistics(self) -> dict[str, Any]:
-        return {"answered": self.answered}
+def faq_config(faq: Mapping[str, str]) -> FaqConfig:
+    """Question → answer pairs as the FAQ stage's facts (one phrasing each)."""
+    return FaqConfig(facts=tuple(FaqEntry((question,), answer) for question, answer in faq.items()))
 
 
 def with_faq(faq: Mapping[str, str]) -> StageEdit:
-    """The reply-path edit that puts a fresh :class:`FaqAnswerer` right after STT."""
-    return lambda stages: insert_after(stages, Transcriber, FaqAnswerer(faq))
+    """The reply-path edit that puts a fresh FAQ stage right after STT."""
+    config = faq_config(faq)
+    return lambda stages: insert_after(stages, Transcriber, FaqAnswerer(config))
 
 
 def make_bot(config: BotConfig) -> VoiceBot:
