@@ -40,7 +40,7 @@ from pipeline.bot.playback import Playout
 from pipeline.bot.recorder import CallRecorder
 from pipeline.bot.services import SpeechServices, serving_all
 from pipeline.runtime.dialogue import Message
-from pipeline.runtime.editing import StageEdit
+from pipeline.runtime.editing import StageEdit, edited
 from pipeline.runtime.stage import Stage
 from pipeline.server.call import Call
 from stages import mulaw
@@ -151,7 +151,7 @@ class VoiceBot:
         if recorder is not None:
             stages.append(recorder.caller_tap())
         stages += [VadStage(services.vad), TurnStage(self.config.turns, bot=playout.bot)]
-        return _edited(stages, self.inbound_edits)
+        return edited(stages, self.inbound_edits)
 
     def reply_stages(self) -> list[Stage]:
         """A fresh reply path: a caller turn to the bot's audio, edited."""
@@ -170,7 +170,7 @@ class VoiceBot:
             SpeechSplitter(),
             Synthesizer(services.tts),
         ]
-        return _edited(stages, self.reply_edits)
+        return edited(stages, self.reply_edits)
 
     def _serving(self) -> SpeechServices:
         if self.services is None:
@@ -211,9 +211,3 @@ class VoiceBot:
                 if recorder is not None:
                     recorder.close()
                 channel.state(ending, reason)
-
-
-def _edited(stages: list[Stage[Any, Any]], edits: Sequence[StageEdit]) -> list[Stage[Any, Any]]:
-    for edit in edits:
-        stages = edit(stages)
-    return stages

@@ -8,12 +8,12 @@ run (insert, replace or drop stages).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pipeline.runtime.stage import Stage
 
-__all__ = ["StageEdit", "insert_after"]
+__all__ = ["StageEdit", "edited", "insert_after"]
 
 StageEdit = Callable[[list[Stage[Any, Any]]], list[Stage[Any, Any]]]
 
@@ -27,3 +27,11 @@ def insert_after(
             return [*stages[: index + 1], *new, *stages[index + 1 :]]
     names = ", ".join(type(stage).__name__ for stage in stages)
     raise ValueError(f"no {kind.__name__} in the chain ({names})")
+
+
+def edited(stages: Iterable[Stage[Any, Any]], edits: Sequence[StageEdit]) -> list[Stage[Any, Any]]:
+    """``stages`` after each of ``edits`` in turn: the list a chain should run."""
+    chosen = list(stages)
+    for edit in edits:
+        chosen = edit(chosen)
+    return chosen

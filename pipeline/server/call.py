@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import trio
 
+from pipeline.runtime.editing import edited
 from pipeline.runtime.frames import RawPacket
 from pipeline.runtime.graph import RunningChain, open_chain
 from pipeline.runtime.inbound import Inbound
@@ -115,10 +116,7 @@ class Call:
         RTP depacketizer) run in the reader's task, packets already waiting are handed
         over first, and its counters join the call's statistics.
         """
-        chosen = list(stages)
-        for edit in self.stage_edits:
-            chosen = edit(chosen)
-        async with open_chain(*chosen, **options) as chain:
+        async with open_chain(*edited(stages, self.stage_edits), **options) as chain:
             assert chain.inbound is not None
             while True:
                 try:
