@@ -3,7 +3,8 @@
 The voice bot (Silero VAD, Whisper tiny.en, SmolLM2, Piper, all offline) is started
 in this process on a free loopback port; the call emulator dials it exactly as the
 telephony platform would and speaks the caller turns shipped in
-``pipeline/demo`` (espeak-ng voices, 8 kHz μ-law, with their transcripts). The
+``pipeline/demo`` (a neural voice made by ``benchmarks/demo_turns.py``, 8 kHz μ-law,
+with their transcripts). The
 conversation is printed (what the caller said, what the bot heard, what it answered)
 with the voice-to-voice latency of each turn, and both sides of the audio are written
 to a folder.

@@ -1,4 +1,4 @@
-"""The demo's assets: caller turns (espeak-ng voices, 8 kHz μ-law) and the bakery bot.
+"""The demo's assets: caller turns (a neural voice, 8 kHz μ-law) and the bakery bot.
 
 Library code, the bench tool and the platform emulator all speak these turns, so they
 live here rather than in the ``demo`` command.
