@@ -14,8 +14,9 @@ Two generated sets (benchmarks/speech_corpus.py), both through the telephone pat
 Every utterance goes through two services on the same audio in the same run,
 alternating (machine noise hits both alike): one without a vocabulary, one with
 :data:`VOCABULARY`. Reports WER per set and per utterance kind (single word, short
-answer, digits, names, sentence), p50/p95 latency, and the silence/noise guard (no
-words may come out of silence or noise with the vocabulary set).
+answer, digits, names, sentence), p50/p95 latency, the paired differences with their
+95% bootstrap intervals (is a change more than the set's noise?), and the
+silence/noise guard (no words may come out of silence or noise with the vocabulary set).
 """
 
 from __future__ import annotations
@@ -130,6 +131,28 @@ def summarize(rows: list[dict[str, Any]], variant: str) -> dict[str, Any]:
     }
 
 
+def paired_difference(rows: list[dict[str, Any]], rounds: int = 10_000) -> dict[str, Any]:
+    """With minus without, resampling utterances (both variants ran on the same audio):
+    the WER difference and the per-utterance latency difference with 95% intervals, so
+    "not worse" and "unchanged" are read against the noise of a 72-utterance set."""
+    rng = np.random.default_rng(0)
+    plain = np.array([r["plain_errors"] for r in rows], dtype=float)
+    vocab = np.array([r["vocab_errors"] for r in rows], dtype=float)
+    words = np.array([r["words"] for r in rows], dtype=float)
+    extra_ms = np.array([r["vocab_ms"] - r["plain_ms"] for r in rows])
+    picks = rng.integers(0, len(rows), size=(rounds, len(rows)))
+    wer = (vocab[picks].sum(axis=1) - plain[picks].sum(axis=1)) / words[picks].sum(axis=1)
+    median_ms = np.median(extra_ms[picks], axis=1)
+    return {
+        "wer_difference": round(float((vocab.sum() - plain.sum()) / words.sum()), 4),
+        "wer_difference_95": [round(float(v), 4) for v in np.percentile(wer, [2.5, 97.5])],
+        "utterances_worse": int((vocab > plain).sum()),
+        "utterances_better": int((vocab < plain).sum()),
+        "median_extra_ms": round(float(np.median(extra_ms)), 1),
+        "median_extra_ms_95": [round(float(v), 1) for v in np.percentile(median_ms, [2.5, 97.5])],
+    }
+
+
 def by_kind(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     kinds: dict[str, dict[str, Any]] = {}
     for kind in dict.fromkeys(r["kind"] for r in rows):
@@ -203,12 +226,13 @@ def main() -> None:
             "with_vocabulary": vocab,
             "wer_relative_change": round(vocab["wer"] / plain["wer"] - 1, 3) if plain["wer"] else 0,
             "by_kind": by_kind(subset),
+            "paired": paired_difference(subset),
         }
         progress(
             f"{name}: WER {plain['wer']:.3f} -> {vocab['wer']:.3f} with the vocabulary "
             f"({summary[name]['wer_relative_change']:+.0%}); p50 {plain['latency']['p50_ms']} -> "
             f"{vocab['latency']['p50_ms']} ms; p95 {plain['latency']['p95_ms']} -> "
-            f"{vocab['latency']['p95_ms']} ms"
+            f"{vocab['latency']['p95_ms']} ms; paired {summary[name]['paired']}"
         )
     summary["non_speech_words"] = sum(bool(g["with"]) for g in guard)
     name = "domain_stt_quick" if args.quick else "domain_stt"
