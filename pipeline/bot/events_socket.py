@@ -2,7 +2,9 @@
 
 The wire form of :mod:`pipeline.bot.messages`, for dashboards and supervisors that are not
 in the bot's process. Authentication is the calls' own (the same key, offered the same
-ways). Messages are JSON objects with a ``type``:
+ways); with no key set, only connections from this host (loopback) are accepted, since
+``sendMessage`` makes the bot say anything in a live call. Others are closed with 1008.
+Messages are JSON objects with a ``type``:
 
 client → server
     ``{"type": "subscribe", "channelIds": ["<callId>", ...]}`` (``["*"]``: every call;
@@ -16,7 +18,11 @@ server → client
     "r1", "status": {...}, "response": {...}}`` once the line was spoken (or refused);
     ``{"type": "events.dropped", "data": {"count": n, "total": t}}`` when this client
     read too slowly and lost events; ``{"type": "error", "error": {"message", "statusCode"}}``
-    for a request that cannot be understood (the socket stays open).
+    for a request that cannot be understood (the socket stays open): not JSON, nested
+    deeper than Python's parser goes, not an object, ``type`` not a known string,
+    ``channelIds`` not a list of at most :data:`MAX_CHANNEL_IDS` callIds, a
+    ``requestId`` that is not a short string or an integer, ``metadata`` over
+    :data:`MAX_METADATA_BYTES`. A message over 1 MB closes the socket with 1009.
 
 A client that reads slowly loses events (counted, reported), never slows a call. A
 channel is a ``callId``, not a connection: a client following a call that the platform
@@ -33,13 +39,22 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from pipeline.bot.messages import ConversationBus, SendResult, Subscription
-from pipeline.protocol.events import CLOSE_TIMEOUT, CloseCode
-from pipeline.server.auth import credentials_from_request, is_authorized
+from pipeline.protocol.events import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, CloseCode
+from pipeline.protocol.identifiers import call_id_problem, text_field_problem
+from pipeline.server.auth import credentials_from_request, is_trusted
+from pipeline.server.http_front import current_peer
+from pipeline.server.websocket_stream import set_message_limit
 
-__all__ = ["MAX_PENDING_SENDS", "serve_events"]
+__all__ = ["MAX_CHANNEL_IDS", "MAX_METADATA_BYTES", "MAX_PENDING_SENDS", "serve_events"]
 
 MAX_PENDING_SENDS = 8
 """``sendMessage`` requests one socket may have in flight (each waits for speech)."""
+
+MAX_CHANNEL_IDS = 100
+"""Channels one ``subscribe`` may name (``["*"]`` follows every call)."""
+
+MAX_METADATA_BYTES = 4096
+"""A ``sendMessage``'s metadata, as JSON: it travels with the message to every follower."""
 
 
 async def serve_events(
@@ -52,9 +67,10 @@ async def serve_events(
         ws = await request.accept()
     except ConnectionClosed:
         return  # gone before the handshake finished
-    if not is_authorized(api_key, offered):
+    if not is_trusted(api_key, offered, current_peer()):
         await _close(ws, CloseCode.POLICY_VIOLATION, "authentication failed")
         return
+    set_message_limit(ws, MAX_MESSAGE_SIZE)  # the server may start sockets lower
     code, reason = CloseCode.NORMAL, "bye"
     try:
         with bus.subscribe([]) as subscription:
@@ -115,26 +131,35 @@ class _EventsSession:
         except (ValueError, UnicodeDecodeError):
             await self._error("not JSON")
             return
+        except RecursionError:
+            await self._error("JSON nested too deeply")
+            return
         if not isinstance(request, dict):
             await self._error("a request is a JSON object")
             return
-        handler = self._handlers.get(request.get("type"))  # type: ignore[arg-type]
+        kind = request.get("type")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
             known = ", ".join(self._handlers)
-            await self._error(f"unknown type {request.get('type')!r}; expected one of {known}")
+            shown = kind[:40] if isinstance(kind, str) else type(kind).__name__
+            await self._error(f"unknown type {shown!r}; expected one of {known}")
             return
         await handler(request)
 
     def _channel_ids(self, request: dict[str, Any]) -> list[str] | None:
         ids = request.get("channelIds")
-        if isinstance(ids, list) and all(isinstance(i, str) and i for i in ids):
+        if (
+            isinstance(ids, list)
+            and len(ids) <= MAX_CHANNEL_IDS
+            and all(i == "*" or call_id_problem(i) is None for i in ids)
+        ):
             return ids
         return None
 
     async def _subscribe(self, request: dict[str, Any]) -> None:
         ids = self._channel_ids(request)
         if ids is None:
-            await self._error("channelIds must be a list of non-empty strings")
+            await self._error(_BAD_CHANNEL_IDS)
             return
         self.events.update(None if "*" in ids else ids)
         await self._reply({"type": "subscribed", "channelIds": self._following()})
@@ -142,7 +167,7 @@ class _EventsSession:
     async def _unsubscribe(self, request: dict[str, Any]) -> None:
         ids = self._channel_ids(request)
         if ids is None:
-            await self._error("channelIds must be a list of non-empty strings")
+            await self._error(_BAD_CHANNEL_IDS)
             return
         current = self.events.channel_ids
         if "*" in ids:
@@ -157,6 +182,10 @@ class _EventsSession:
 
     async def _send_message(self, request: dict[str, Any]) -> None:
         request_id = request.get("requestId")
+        problem = _send_problem(request)
+        if problem is not None:
+            await self._error(problem)
+            return
         if self.pending_sends >= MAX_PENDING_SENDS:
             result = SendResult.failed(429, f"more than {MAX_PENDING_SENDS} sends in flight")
             await self._reply(_result(request_id, result))
@@ -175,6 +204,34 @@ class _EventsSession:
         finally:
             self.pending_sends -= 1
         await self._reply(_result(request_id, result))
+
+
+_BAD_CHANNEL_IDS = f"channelIds must be a list of at most {MAX_CHANNEL_IDS} callIds"
+
+
+def _send_problem(request: dict[str, Any]) -> str | None:
+    """What bounds a ``sendMessage`` breaks before it reaches the bus (None: none); the
+    bus itself answers a bad channel, content or metadata type in the chat shape."""
+    request_id = request.get("requestId")
+    if request_id is not None and type(request_id) is not int:
+        problem = text_field_problem(request_id, "requestId")
+        if problem is not None:
+            return problem
+    channel_id = request.get("channelId")
+    if isinstance(channel_id, str) and call_id_problem(channel_id) is not None:
+        return f"channelId: {call_id_problem(channel_id)}"
+    parent_id = request.get("parentId")
+    if parent_id is not None and text_field_problem(parent_id, "parentId") is not None:
+        return text_field_problem(parent_id, "parentId")
+    metadata = request.get("metadata")
+    if isinstance(metadata, dict):
+        try:
+            size = len(json.dumps(metadata))
+        except (ValueError, RecursionError):
+            size = MAX_METADATA_BYTES + 1
+        if size > MAX_METADATA_BYTES:
+            return f"metadata over {MAX_METADATA_BYTES} bytes of JSON"
+    return None
 
 
 def _result(request_id: Any, result: SendResult) -> dict[str, Any]:

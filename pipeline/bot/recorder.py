@@ -11,11 +11,18 @@ Per call, in ``DIR/<callId>/``:
 
 Everything is on one timeline: seconds since the call was registered. Both WAVs
 start there, so played side by side (or mixed) they sound like the call.
+
+A callId the platform re-dials (a second connection for the same call) gets the same
+folder, never the same files: its audio goes to ``caller-2.wav`` and ``bot-2.wav`` (then
+``-3``, ...) and its transcript lines carry ``"connection": 2``, so nothing of the first
+connection is overwritten. The folder's name is :func:`~pipeline.server.recordings.call_folder`'s:
+no two callIds share one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -55,9 +62,13 @@ class CallRecorder:
     def __init__(self, directory: Path, origin: float) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.connection = _claim_connection(directory)  # 1, or n for the n-th re-dial
+        suffix = "" if self.connection == 1 else f"-{self.connection}"
+        self.caller_path = directory / f"caller{suffix}.wav"
+        self.bot_path = directory / f"bot{suffix}.wav"
         self._transcript: TextIO = (directory / "transcript.jsonl").open("a", encoding="utf-8")
         self._caller = soundfile.SoundFile(
-            directory / "caller.wav", "w", samplerate=TELEPHONE_RATE, channels=1, subtype="PCM_16"
+            self.caller_path, "w", samplerate=TELEPHONE_RATE, channels=1, subtype="PCM_16"
         )
         self._origin = origin  # Trio time of the call's start: 0 s on the timeline
         self._caller_offset: int | None = None  # caller sample 0, in samples from the origin
@@ -120,6 +131,8 @@ class CallRecorder:
             }
         )
         for line in lines:
+            if self.connection > 1:
+                line["connection"] = self.connection
             self._transcript.write(json.dumps(line) + "\n")
         self._transcript.flush()
 
@@ -136,4 +149,18 @@ class CallRecorder:
         track = np.zeros(max(start + len(samples) for start, samples in placed), dtype=np.int16)
         for start, samples in placed:
             track[start : start + len(samples)] = samples
-        soundfile.write(self.directory / "bot.wav", track, TELEPHONE_RATE, subtype="PCM_16")
+        soundfile.write(self.bot_path, track, TELEPHONE_RATE, subtype="PCM_16")
+
+
+def _claim_connection(directory: Path) -> int:
+    """The first free connection number in ``directory``, claimed by creating its
+    ``caller*.wav`` exclusively (so two connections can never pick the same one)."""
+    number = 1
+    while True:
+        name = "caller.wav" if number == 1 else f"caller-{number}.wav"
+        try:
+            os.close(os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            number += 1
+            continue
+        return number

@@ -26,6 +26,12 @@ from pipeline.protocol.events import (
     SkipReason,
     SpeechChunk,
 )
+from pipeline.protocol.identifiers import (
+    MAX_CALL_ID_CHARS,
+    MAX_MOBILE_NO_CHARS,
+    call_id_problem,
+    mobile_no_problem,
+)
 from pipeline.protocol.payload import (
     PayloadError,
     decode_payload,
@@ -37,7 +43,9 @@ from pipeline.protocol.payload import (
 from pipeline.protocol.platform_side import ClientProtocol, ClientState
 
 __all__ = [
+    "MAX_CALL_ID_CHARS",
     "MAX_MESSAGE_SIZE",
+    "MAX_MOBILE_NO_CHARS",
     "CallClosed",
     "ClientProtocol",
     "ClientState",
@@ -60,9 +68,11 @@ __all__ = [
     "ServerState",
     "SkipReason",
     "SpeechChunk",
+    "call_id_problem",
     "decode_payload",
     "encode_base64",
     "encode_buffer_json",
     "encode_buffer_object",
     "encode_byte_list_json",
+    "mobile_no_problem",
 ]

@@ -25,6 +25,8 @@ jitter buffer conceals it), not the call; anything that mixes calls ends the cal
 | unknown ``event`` name (forward compatibility)          | skip ``unknown_event``               |
 | ``connected`` with ``callId`` not a non-empty string    | close 1002                           |
 | ``connected`` with ``mobileNo`` not a string or integer | close 1002                           |
+| ``callId`` over 128 or ``mobileNo`` over 32 characters  | close 1002                           |
+| ``callId`` not printable ASCII; ``mobileNo`` not digits | close 1002                           |
 | ``connected`` again, same ``callId``                    | skip ``duplicate_connected``         |
 | ``connected`` again, another ``callId``                 | close 1002                           |
 | ``media`` (JSON or binary frame) before ``connected``   | close 1002                           |
@@ -72,6 +74,7 @@ from pipeline.protocol.events import (
     SkipReason,
     SpeechChunk,
 )
+from pipeline.protocol.identifiers import call_id_problem, mobile_no_problem
 from pipeline.protocol.payload import (
     MAX_CHARS_PER_BYTE,
     PayloadError,
@@ -386,6 +389,9 @@ class ServerProtocol(_Core):
             return self._violate(
                 CloseCode.PROTOCOL_ERROR, f"connected with mobileNo {_short(mobile_no)}"
             )
+        problem = call_id_problem(call_id) or mobile_no_problem(mobile_no)
+        if problem is not None:  # both go on every log line and into folder names
+            return self._violate(CloseCode.PROTOCOL_ERROR, f"connected: {problem}")
         extra = {k: v for k, v in message.items() if k not in ("event", "callId", "mobileNo")}
         self._advance(Connected)
         self._call_id = call_id

@@ -12,6 +12,7 @@ from pipeline.server.http_front import (
     Listening,
     WebSocketHandler,
 )
+from pipeline.server.limits import ConnectionLimits, RateLimitedLog, raise_fd_limit
 from pipeline.server.logs import configure_logging, redact_number
 from pipeline.server.recordings import call_folder
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
@@ -21,18 +22,21 @@ __all__ = [
     "Bot",
     "Call",
     "CallStatistics",
+    "ConnectionLimits",
     "EditedBot",
     "HttpHandler",
     "HttpRequest",
     "HttpResponse",
     "Listening",
     "PlatformEvent",
+    "RateLimitedLog",
     "ServerConfig",
     "VoiceStreamServer",
     "WebSocketHandler",
     "WebhookReceiver",
     "call_folder",
     "configure_logging",
+    "raise_fd_limit",
     "redact_number",
     "with_stages",
 ]

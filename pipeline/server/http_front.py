@@ -9,6 +9,13 @@ replays the bytes already read, so the WebSocket handshake sees the request
 untouched; anything else is plain HTTP/1.1 (keep-alive included), answered by the
 route registered for its method and path.
 
+Bounds, before anything is read: a connection over the global cap or over the cap for
+its source address gets ``503`` (with ``retry-after``; a WebSocket client sees its
+handshake refused) and is counted; an ``accept()`` failing for lack of descriptors
+(EMFILE) is counted and logged once per interval, and accepting resumes after a short
+pause. WebSocket frame errors get their close frame (1002/1007) and are counted
+(:mod:`pipeline.server.websocket_stream`).
+
 Routing is deliberately small: exact paths (the query string and a trailing slash
 are ignored), one handler per WebSocket path, one per (method, path) for HTTP, and
 an optional catch-all WebSocket handler. An upgrade to an unknown path is refused
@@ -17,6 +24,7 @@ with 404 before any WebSocket handshake.
 
 from __future__ import annotations
 
+import contextvars
 import http
 import json
 import logging
@@ -28,9 +36,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
-from trio_websocket import WebSocketRequest, wrap_server_stream
+from trio_websocket import CloseReason, WebSocketRequest
 
 from pipeline.protocol.events import CLOSE_TIMEOUT
+from pipeline.server.limits import (
+    ACCEPT_CAPACITY_ERRNOS,
+    ConnectionGate,
+    ConnectionLimits,
+    RateLimitedLog,
+)
+from pipeline.server.websocket_stream import WebSocketStream, open_server_websocket
 
 __all__ = [
     "HttpFront",
@@ -39,6 +54,7 @@ __all__ = [
     "HttpResponse",
     "Listening",
     "WebSocketHandler",
+    "current_peer",
     "normalize_path",
 ]
 
@@ -54,6 +70,18 @@ HANDLER_TIMEOUT = 30.0
 SEND_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 1.0
 DRAIN_BYTES = 1 << 20
+REFUSAL_DRAIN_TIMEOUT = 0.25  # a refused connection must not hold its descriptor long
+ACCEPT_PAUSE = 0.1  # after an accept() that failed for lack of descriptors
+
+_PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("peer", default=None)
+
+
+def current_peer() -> str | None:
+    """The source address of the connection being served (None: an in-process stream).
+
+    For WebSocket handlers, whose ``request.remote`` cannot see through the stream that
+    replays the request head."""
+    return _PEER.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +92,7 @@ class HttpRequest:
     target: str
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    peer: str | None = None  # the source address (None: an in-process stream)
 
     @property
     def path(self) -> str:
@@ -139,37 +168,14 @@ class _Reply(Exception):
         self.status = status
 
 
-class _ReplayStream(trio.abc.Stream):
-    """A stream that first gives back bytes already read from it (the request head)."""
-
-    def __init__(self, stream: trio.abc.Stream, replay: bytes) -> None:
-        self.transport_stream = stream
-        self._replay = replay
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._replay:
-            size = len(self._replay) if max_bytes is None else max_bytes
-            chunk, self._replay = self._replay[:size], self._replay[size:]
-            await trio.lowlevel.checkpoint()
-            return chunk
-        return await self.transport_stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport_stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport_stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
-
-
 class HttpFront:
     """Routes each connection to a WebSocket handler or an HTTP handler.
 
     Register routes before serving; ``serve`` (for ``nursery.start``) listens on TCP
     or TLS, ``handle_stream`` serves one already-open stream (tests use memory
     streams). ``close_idle()`` ends connections waiting for a request, for shutdown.
+    WebSocket upgrades start with ``initial_message_size`` as their message limit (a
+    handler may raise it to ``max_message_size``).
     """
 
     def __init__(
@@ -180,8 +186,13 @@ class HttpFront:
         head_timeout: float = HEAD_TIMEOUT,
         keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
         handler_timeout: float = HANDLER_TIMEOUT,
+        limits: ConnectionLimits | None = None,
+        initial_message_size: int | None = None,
     ) -> None:
         self.max_message_size = max_message_size
+        self.initial_message_size = initial_message_size or max_message_size
+        self.gate = ConnectionGate(limits or ConnectionLimits())
+        self.rate_limited_log = RateLimitedLog(logger)
         self.message_queue_size = message_queue_size
         self.head_timeout = head_timeout
         self.keep_alive_timeout = keep_alive_timeout
@@ -198,6 +209,10 @@ class HttpFront:
             "not_found": 0,
             "bad_requests": 0,
             "handler_errors": 0,
+            "refused_busy": 0,  # over the connection cap: 503
+            "refused_per_source": 0,  # over the cap for one source address: 503
+            "websocket_protocol_errors": 0,  # frame-level errors, closed with 1002/1007
+            "accept_capacity_errors": 0,  # accept() failed for lack of descriptors
         }
 
     # --- routes -------------------------------------------------------------------
@@ -254,7 +269,31 @@ class HttpFront:
                 trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in tcp
             ]
         task_status.started(Listening(host, bound, ssl_context is not None, listeners))
-        await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=handler_nursery)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self.accept_loop, listener, handler_nursery or nursery)
+
+    async def accept_loop(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
+        """Accept connections until cancelled. Running out of descriptors (EMFILE and its
+        kin) is counted and logged once per interval, not a traceback per attempt, and
+        accepting resumes after :data:`ACCEPT_PAUSE` (connections closing free some)."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    self.counters["accept_capacity_errors"] += 1
+                    self.rate_limited_log.log(
+                        logging.ERROR,
+                        "cannot accept: out of resources",
+                        error=exc.strerror or str(exc),
+                        total=self.counters["accept_capacity_errors"],
+                    )
+                    await trio.sleep(ACCEPT_PAUSE)
+                    continue
+                nursery.start_soon(self.handle_stream, stream)
 
     def close_idle(self) -> None:
         """Shutdown: end every connection waiting for its next request, accept no more."""
@@ -265,7 +304,13 @@ class HttpFront:
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection to its end. Never raises (except Cancelled)."""
         self.counters["connections"] += 1
+        peer = _peer_address(stream)
+        refused = self.gate.admit(peer)
         try:
+            if refused is not None:
+                await self._refuse(stream, peer, refused)
+                return
+            _PEER.set(peer)
             await self._serve_connection(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away (or TLS failed): nothing to answer
@@ -273,8 +318,25 @@ class HttpFront:
             self.counters["handler_errors"] += 1
             logger.exception("connection failed")
         finally:
+            if refused is None:
+                self.gate.release(peer)
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await stream.aclose()
+
+    async def _refuse(self, stream: trio.abc.Stream, peer: str | None, reason: str) -> None:
+        """503 before reading anything: over a cap, the cheapest clear answer."""
+        for name, value in self.gate.counters.items():
+            self.counters[name] = value
+        self.rate_limited_log.warning("connection refused", reason=reason, peer=peer)
+        body = json.dumps({"error": reason}).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n"
+            "server: voicegraph\r\n\r\n"
+        )
+        with trio.move_on_after(SEND_TIMEOUT):
+            await stream.send_all(head.encode() + body)
+        await _drain(stream, REFUSAL_DRAIN_TIMEOUT)
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -330,21 +392,34 @@ class HttpFront:
         handler = self.websocket_handler(target)
         if handler is None:
             self.counters["not_found"] += 1
-            logger.info("no WebSocket route", extra={"path": normalize_path(target)})
+            self.rate_limited_log.log(
+                logging.INFO, "no WebSocket route", path=normalize_path(target)[:200]
+            )
             await self._reply(conn, stream, 404, "no bot on this path", close=True)
             return
         self.counters["websocket_upgrades"] += 1
         async with trio.open_nursery() as nursery:
+            ws_stream = WebSocketStream(stream, raw, self._websocket_protocol_error)
             with trio.move_on_after(self.head_timeout) as scope:
-                request = await wrap_server_stream(
+                request = await open_server_websocket(
                     nursery,
-                    _ReplayStream(stream, raw),
+                    ws_stream,
                     message_queue_size=self.message_queue_size,
-                    max_message_size=self.max_message_size,
+                    max_message_size=self.initial_message_size,
                 )
             if not scope.cancelled_caught:
                 await handler(request)
+            await ws_stream.send_owed_close_frame()  # if a broken frame ended it
             nursery.cancel_scope.cancel()
+
+    def _websocket_protocol_error(self, error: CloseReason) -> None:
+        self.counters["websocket_protocol_errors"] += 1
+        self.rate_limited_log.warning(
+            "WebSocket protocol error",
+            code=error.code,
+            reason=error.reason,
+            total=self.counters["websocket_protocol_errors"],
+        )
 
     async def _answer(
         self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request, target: str
@@ -382,7 +457,8 @@ class HttpFront:
             (name.decode("latin-1").lower(), value.decode("latin-1"))
             for name, value in request.headers
         )
-        response = await self._run_handler(route, HttpRequest(method, target, headers, body))
+        request = HttpRequest(method, target, headers, body, _PEER.get())
+        response = await self._run_handler(route, request)
         await self._send(conn, stream, response)
         return True
 
@@ -461,20 +537,34 @@ class HttpFront:
             await stream.send_all(data)
 
 
-async def _drain(stream: trio.abc.Stream) -> None:
+async def _drain(stream: trio.abc.Stream, within: float = DRAIN_TIMEOUT) -> None:
     """Read (and drop) what the client is still sending, briefly, before closing: closing
     with unread input makes TCP reset the connection, and the client may then never
     read the error answer already sent."""
     if isinstance(stream, trio.abc.HalfCloseableStream):
-        with trio.move_on_after(DRAIN_TIMEOUT):
+        with trio.move_on_after(within):
             await stream.send_eof()
     received = 0
-    with trio.move_on_after(DRAIN_TIMEOUT):
+    with trio.move_on_after(within):
         while received < DRAIN_BYTES:
             chunk = await stream.receive_some(RECEIVE_BYTES)
             if not chunk:
                 break
             received += len(chunk)
+
+
+def _peer_address(stream: trio.abc.Stream) -> str | None:
+    """The remote IP address of a TCP (or TLS over TCP) stream; None for other streams."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    if stream.socket.family not in (trio.socket.AF_INET, trio.socket.AF_INET6):
+        return None  # a Unix socket: this host
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return None
 
 
 def _is_websocket_upgrade(request: h11.Request) -> bool:

@@ -8,20 +8,40 @@ may import it and the server need not know the bot.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import string
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["call_folder", "record_platform_event"]
+__all__ = ["MAX_FOLDER_NAME", "call_folder", "record_platform_event"]
+
+MAX_FOLDER_NAME = 200
+"""Bytes of a folder name (file systems allow 255)."""
+
+_KEPT = frozenset(string.ascii_letters + string.digits + "-_.")
 
 
 def call_folder(root: Path, call_id: str) -> Path:
-    """``root/<callId>``, with the id made safe as one folder name (ids come off the network)."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in call_id)
-    if not safe.strip("."):
-        safe = "call" + safe  # never "", "." or ".."
-    return Path(root) / safe
+    """``root/<callId>``, the id written as one safe folder name, and no two ids the same.
+
+    Ids come off the network: letters, digits, ``-``, ``_`` and ``.`` stay as they are;
+    every other byte (of its UTF-8) becomes ``~XX`` in hex, ``~`` included, so ``a/b`` is
+    ``a~2Fb`` and never ``a_b``'s folder; an id of dots only (``.``, ``..``) has its dots
+    escaped too. A name past :data:`MAX_FOLDER_NAME` keeps its start and ends in ``~~``
+    and a hash of the whole id (``~~`` appears in no escaped name).
+    """
+    escaped = "".join(
+        ch if ch in _KEPT else "".join(f"~{byte:02X}" for byte in ch.encode("utf-8"))
+        for ch in call_id
+    )
+    if not escaped.strip("."):
+        escaped = escaped.replace(".", "~2E") or "~"
+    if len(escaped) > MAX_FOLDER_NAME:
+        digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        escaped = escaped[: MAX_FOLDER_NAME - 34] + "~~" + digest
+    return Path(root) / escaped
 
 
 def record_platform_event(root: Path, call_id: str, event: str, data: dict[str, Any]) -> Path:

@@ -12,9 +12,11 @@ the platform hangs up              (its own close; nothing to send)
 the bot hangs up                   1000, or the code the bot chose
 no message for 5 minutes           1000 "inactive"
 no registration within 10 s        1008 "no registration"
-wrong or missing API key           1008 "authentication failed"
+wrong, missing or several API keys 1008 "authentication failed" (logged once per 10 s)
 a protocol violation               1002 with the protocol's reason
+a broken WebSocket frame           1002, or 1007 for invalid UTF-8 (counted)
 a message over 1 MB                1009 (enforced by the WebSocket layer)
+a message over 16 kB, unregistered 1009 (the 1 MB applies after ``connected``)
 the bot or a stage raised          1011 "internal error"; other calls go on
 a re-dial of a live callId         1008 "replaced by a new connection" (to the old one)
 server shutdown (SIGINT/SIGTERM)   1001 "server going away" (every live connection)
@@ -37,7 +39,8 @@ one connection never unregisters another, and shutdown closes every live connect
 registered or not, and every extra WebSocket route's (``/events``), with 1001.
 
 The port also answers plain HTTP through :mod:`pipeline.server.http_front`: the platform's
-call webhooks (``POST /callbacks`` by default) and ``GET /health``. One server can
+call webhooks (``POST /callbacks`` by default) and ``GET /health`` (liveness; the call
+count and routes only with the key, or from this host when no key is set). One server can
 host several bots, one per WebSocket path (``bots={"/media/sales": ..., ...}``);
 an upgrade to another path is refused with 404. A single ``bot`` answers any path.
 
@@ -74,7 +77,7 @@ from pipeline.protocol.events import (
     MessageSkipped,
     ProtocolViolation,
 )
-from pipeline.server.auth import credentials_from_request, is_authorized
+from pipeline.server.auth import credentials_from_request, is_authorized, is_trusted
 from pipeline.server.call import Bot, Call
 from pipeline.server.http_front import (
     HttpFront,
@@ -85,8 +88,15 @@ from pipeline.server.http_front import (
     WebSocketHandler,
     normalize_path,
 )
+from pipeline.server.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    UNREGISTERED_MESSAGE_SIZE,
+    ConnectionLimits,
+)
 from pipeline.server.logs import CallLogger, redact_number
 from pipeline.server.webhooks import WebhookReceiver
+from pipeline.server.websocket_stream import frame_error, set_message_limit
 
 __all__ = ["Listening", "ServerConfig", "VoiceStreamServer", "make_ssl_context"]
 
@@ -115,6 +125,9 @@ class ServerConfig:
     webhook_header: str | None = None  # checked on every webhook when set, with its value
     webhook_value: str | None = None
     record_dir: Path | None = None  # platform events go to <record_dir>/<callId>/transcript.jsonl
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # of every kind; over it: 503
+    max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE  # per address: 503
+    unregistered_message_size: int = UNREGISTERED_MESSAGE_SIZE  # until ``connected``
 
 
 def make_ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
@@ -195,7 +208,13 @@ class VoiceStreamServer:
             "inactivity_timeouts": 0,
             "internal_errors": 0,
         }
-        self.front = HttpFront(max_message_size=config.max_message_size, message_queue_size=4)
+        self.front = HttpFront(
+            max_message_size=config.max_message_size,
+            message_queue_size=4,
+            limits=ConnectionLimits(config.max_connections, config.max_connections_per_source),
+            initial_message_size=min(config.unregistered_message_size, config.max_message_size),
+        )
+        self._log = self.front.rate_limited_log  # for what an outsider can repeat at will
         self.webhooks = WebhookReceiver(
             header=config.webhook_header,
             value=config.webhook_value,
@@ -245,6 +264,11 @@ class VoiceStreamServer:
         self.front.add_http_route(method, path, handler)
 
     async def _health(self, request: HttpRequest) -> HttpResponse:
+        """Liveness for anyone; the call count and routes for the key's holder (or, with
+        no key set, for this host): they tell an outsider what is worth probing."""
+        offered = credentials_from_request(request.target, _raw_headers(request))
+        if not is_trusted(self.config.api_key, offered, request.peer):
+            return HttpResponse.json(200, {"status": "ok"})
         return HttpResponse.json(
             200,
             {
@@ -317,6 +341,7 @@ class VoiceStreamServer:
                 **self.counters,
                 "http": self.front.counters,
                 "webhooks": self.webhooks.counters,
+                "log_lines_left_out": self._log.summary(),
             },
         )
 
@@ -341,7 +366,11 @@ class VoiceStreamServer:
         ws = await request.accept()
         if not is_authorized(self.config.api_key, offered):
             self.counters["auth_refused"] += 1
-            logger.warning("authentication failed", extra={"path": request.path.split("?")[0]})
+            self._log.warning(
+                "authentication failed",
+                path=request.path.split("?")[0][:200],
+                total=self.counters["auth_refused"],
+            )
             await _close(ws, CloseCode.POLICY_VIOLATION, "authentication failed")
             return
         connection = _Connection(ws)
@@ -369,8 +398,18 @@ class VoiceStreamServer:
         except _CallEnded as ended:
             return ended.code, ended.reason
         except ConnectionClosed:
-            return CloseCode.NORMAL, "closed by peer"
+            return self._closed_by_peer(connection.ws)
+        set_message_limit(connection.ws, self.config.max_message_size)  # registered: 1 MB
         return await self._run_call(connection, protocol, connected, bot)
+
+    def _closed_by_peer(self, ws: WebSocketConnection) -> tuple[int, str]:
+        """How a connection that stopped delivering messages ended: the peer's close, or
+        a broken frame (1002/1007, already answered with its close frame, counted)."""
+        error = frame_error(ws)
+        if error is None:
+            return CloseCode.NORMAL, "closed by peer"
+        self.counters["protocol_errors"] += 1
+        return error.code, f"WebSocket protocol error: {error.reason or ''}"
 
     async def _await_registration(
         self, ws: WebSocketConnection, protocol: ServerProtocol
@@ -412,11 +451,11 @@ class VoiceStreamServer:
         await self._claim(connection, call)
         try:
             await ws.send_message(protocol.acknowledge())
-            log.info("call registered", extra={"path": ws.path.split("?")[0]})
+            log.info("call registered", extra={"path": ws.path.split("?")[0][:200]})
             return await self._supervise(ws, protocol, call, bot)
         except Exception as exc:
             if _only_connection_closed(exc):
-                return CloseCode.NORMAL, "closed by peer"
+                return self._closed_by_peer(ws)
             self.counters["internal_errors"] += 1
             log.exception("call failed")
             return CloseCode.INTERNAL_ERROR, "internal error"
@@ -455,7 +494,7 @@ class VoiceStreamServer:
                 nonlocal outcome
                 try:
                     await self._read_media(ws, protocol, call)
-                    outcome = (CloseCode.NORMAL, "closed by peer")
+                    outcome = self._closed_by_peer(ws)
                 except _CallEnded as ended:
                     outcome = (ended.code, ended.reason)
                 nursery.cancel_scope.cancel()
@@ -510,6 +549,10 @@ class VoiceStreamServer:
         self.counters["inactivity_timeouts"] += 1
         call.end_of_media()
         raise _CallEnded(CloseCode.NORMAL, f"inactive for {timeout:g} s")
+
+
+def _raw_headers(request: HttpRequest) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
 
 
 def _only_connection_closed(exc: BaseException) -> bool:

@@ -6,7 +6,10 @@ with the header/value pair configured there. The bot server answers these on the
 same port as the calls. The platform's exact webhook shape is not documented, so
 the receiver is tolerant: any JSON object (or form/query fields) carrying a call id
 (``callId``, ``call_id``), with the event name in ``event`` or ``status``; unknown
-fields are kept as they are.
+fields are kept as they are. What it cannot file gets 400 and ``{"success": false,
+"error": ...}``, never a traceback: a body that is not JSON (or nested past what the
+parser can follow), not an object, a callId that is not 1 to 128 printable ASCII
+characters (it names a log field and a folder), an event name that is not a short string.
 
 Each accepted event is logged with its callId, kept per call on the receiver,
 handed to observers (the hook for a future per-call event stream) and, with
@@ -27,7 +30,9 @@ from urllib.parse import parse_qs
 
 import trio
 
+from pipeline.protocol.identifiers import call_id_problem, text_field_problem
 from pipeline.server.http_front import HttpRequest, HttpResponse
+from pipeline.server.limits import RateLimitedLog
 from pipeline.server.logs import CallLogger
 from pipeline.server.recordings import record_platform_event
 
@@ -81,6 +86,7 @@ class WebhookReceiver:
             "dropped": 0,  # accepted, but past EVENTS_PER_CALL for its call
         }
         self._changed = trio.Event()
+        self._log = RateLimitedLog(logger)  # refusals are counted, logged once per interval
 
     def events_for(self, call_id: str) -> list[PlatformEvent]:
         return list(self.events.get(call_id, ()))
@@ -102,11 +108,14 @@ class WebhookReceiver:
         except ValueError as exc:
             self.counters["invalid"] += 1
             return HttpResponse.json(400, {"success": False, "error": str(exc)})
-        call_id = next((str(data[key]) for key in CALL_ID_KEYS if data.get(key)), None)
-        if call_id is None:
+        call_id = next((_as_text(data[key]) for key in CALL_ID_KEYS if data.get(key)), None)
+        name = next((_as_text(data[key]) for key in EVENT_KEYS if data.get(key)), "unknown")
+        problem = "no callId in the event" if call_id is None else call_id_problem(call_id)
+        problem = problem or text_field_problem(name, "event name")
+        if problem is not None:
             self.counters["invalid"] += 1
-            return HttpResponse.json(400, {"success": False, "error": "no callId in the event"})
-        name = next((str(data[key]) for key in EVENT_KEYS if data.get(key)), "unknown")
+            return HttpResponse.json(400, {"success": False, "error": problem})
+        assert call_id is not None
         self.publish(PlatformEvent(call_id, name, data, time.time()))
         return HttpResponse.json(200, {"success": True})
 
@@ -142,13 +151,19 @@ class WebhookReceiver:
         offered = request.header(self.header)
         if offered is None:
             self.counters["unauthorized"] += 1
-            logger.warning("webhook without credentials", extra={"path": request.path})
+            self._log.warning("webhook without credentials", path=request.path[:200])
             return HttpResponse.json(401, {"success": False, "error": "missing credentials"})
         if not hmac.compare_digest(offered.strip().encode(), self._value.encode()):
             self.counters["forbidden"] += 1
-            logger.warning("webhook with wrong credentials", extra={"path": request.path})
+            self._log.warning("webhook with wrong credentials", path=request.path[:200])
             return HttpResponse.json(403, {"success": False, "error": "wrong credentials"})
         return None
+
+
+def _as_text(value: Any) -> Any:
+    """A call id or event name as text: numbers are accepted as their digits; anything
+    else is left as it is, for the identifier check to refuse."""
+    return str(value) if type(value) is int else value
 
 
 def _fields(request: HttpRequest) -> dict[str, Any]:
@@ -163,6 +178,8 @@ def _fields(request: HttpRequest) -> dict[str, Any]:
         document = request.json()
     except (UnicodeDecodeError, ValueError):
         raise ValueError("the body is not JSON") from None
+    except RecursionError:
+        raise ValueError("the body is JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise ValueError("the body must be a JSON object")
     return document

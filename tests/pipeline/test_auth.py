@@ -4,7 +4,7 @@ import io
 import json
 import logging
 
-from pipeline.server.auth import credentials_from_request, is_authorized
+from pipeline.server.auth import credentials_from_request, is_authorized, is_trusted
 from pipeline.server.logs import CallLogger, configure_logging, redact_number
 
 
@@ -22,9 +22,27 @@ def test_no_key_configured_lets_everyone_in():
 
 
 def test_key_must_match_exactly():
-    assert is_authorized("s3cret", ["nope", "s3cret"])
+    assert is_authorized("s3cret", ["s3cret"])
     assert not is_authorized("s3cret", [])
     assert not is_authorized("s3cret", ["s3cre", "s3cret ", "S3CRET"])
+
+
+def test_a_request_offering_several_keys_is_refused_even_if_one_matches():
+    assert not is_authorized("s3cret", ["nope", "s3cret"])
+    assert not is_authorized("s3cret", ["s3cret", "s3cret"])
+    offered = credentials_from_request("/?token=s3cret&token=a&token=b", [])
+    assert not is_authorized("s3cret", offered)
+
+
+def test_without_a_key_only_this_host_is_trusted():
+    assert is_trusted(None, [], "127.0.0.1")
+    assert is_trusted(None, [], "::1")
+    assert is_trusted(None, [], "::ffff:127.0.0.1")
+    assert is_trusted(None, [], None)  # an in-process stream
+    assert not is_trusted(None, [], "10.1.2.3")
+    assert not is_trusted(None, [], "not an address")
+    assert is_trusted("k", ["k"], "10.1.2.3")
+    assert not is_trusted("k", [], "127.0.0.1")  # with a key, the key decides
 
 
 def test_redaction_keeps_only_the_last_two_digits():

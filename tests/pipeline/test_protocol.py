@@ -243,7 +243,7 @@ def test_any_speech_splits_into_messages_within_any_limit(audio: bytes, limit: i
 
 def test_call_id_too_long_for_any_speech_is_refused() -> None:
     server = ServerProtocol(max_message_size=400)
-    server.receive_message(text(event="connected", callId="x" * 300))
+    server.receive_message(text(event="connected", callId="x" * 128))  # the longest allowed
     server.acknowledge()
     with pytest.raises(MessageTooBig):
         server.speech(b"\x00" * 10, TIMESTAMP)

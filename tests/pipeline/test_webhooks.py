@@ -68,7 +68,7 @@ async def test_events_are_recorded_in_a_safe_folder_and_capped(tmp_path, monkeyp
     for index in range(5):
         await receiver.handle(post({"callId": "..", "event": f"e{index}"}))
     (folder,) = (tmp_path / "calls").iterdir()  # never the parent folder
-    assert folder.name == "call.."
+    assert folder.name == "~2E~2E"  # the dots escaped: a folder, not the parent
     lines = [json.loads(line) for line in (folder / "transcript.jsonl").read_text().splitlines()]
     assert [(line["role"], line["event"]) for line in lines] == [
         ("platform", "e0"),
