@@ -8,13 +8,16 @@ Services behind them, each a small interface with an offline default:
 :class:`VoiceActivityDetector` (:class:`VadService`, Silero), :class:`SpeechToText`
 (:class:`SttService`, faster-whisper), :class:`LlmBackend` (:class:`LlamaCppLlm`,
 :class:`OpenAiCompatibleLlm`, and the test fake :class:`EchoLlm`), :class:`TextToSpeech`
-(:class:`PiperTts`).
+(:class:`PiperTts`). :class:`RemoteStt` and :class:`RemoteTts` (and
+:class:`OpenAiCompatibleLlm`) are the same interfaces over OpenAI-compatible servers,
+sharing :class:`RemoteOptions` (deadline, retries, :class:`CircuitBreaker`).
 
 Modules import the stage runtime (:mod:`pipeline.runtime`) and each other, nothing
 else of the project. Import from the submodules inside the project; this package's
 names are for users.
 """
 
+from stages.end_of_turn import EndOfTurnPolicy, TurnCompletionModel
 from stages.energy import EnergyGateConfig, EnergySegmenter, level_dbfs
 from stages.faq import FaqAnswerer, FaqConfig, FaqEntry, FaqMatcher
 from stages.guards import ReplyConfig
@@ -24,9 +27,11 @@ from stages.llm_local import LlamaCppLlm
 from stages.llm_openai import OpenAiCompatibleLlm
 from stages.mulaw import MulawDecoder, MulawEncoder, mulaw_from_wav
 from stages.playout import JitterStage
+from stages.remote import CircuitBreaker, RemoteOptions
 from stages.resample import ResampleStage, StreamResampler, resample
 from stages.rtp import RtpDepacketizer, RtpError, RtpFrame, RtpPacket
 from stages.sentences import SentenceSplitter, SpeechSplitter, speakable
+from stages.smart_turn import SmartTurnModel, SmartTurnService, TurnModelError
 from stages.stt import (
     SpeechToText,
     SttConfig,
@@ -36,7 +41,9 @@ from stages.stt import (
     Transcriber,
     Transcript,
 )
+from stages.stt_remote import RemoteStt, create_stt
 from stages.tts import PiperTts, Synthesizer, TextToSpeech, TtsConfig, TtsError
+from stages.tts_remote import RemoteTts, create_tts
 from stages.turns import (
     BargeIn,
     SpeechPaused,
@@ -47,11 +54,14 @@ from stages.turns import (
     TurnStage,
 )
 from stages.vad import VadConfig, VadError, VadService, VadStage, VoiceActivityDetector
+from stages.voicing import VoicingConfig, VoicingGate
 from stages.wav import WavError, decode_wav, encode_mulaw_wav
 
 __all__ = [
     "BargeIn",
+    "CircuitBreaker",
     "EchoLlm",
+    "EndOfTurnPolicy",
     "EnergyGateConfig",
     "EnergySegmenter",
     "FaqAnswerer",
@@ -69,6 +79,9 @@ __all__ = [
     "MulawEncoder",
     "OpenAiCompatibleLlm",
     "PiperTts",
+    "RemoteOptions",
+    "RemoteStt",
+    "RemoteTts",
     "ReplyConfig",
     "ResampleStage",
     "Responder",
@@ -77,6 +90,8 @@ __all__ = [
     "RtpFrame",
     "RtpPacket",
     "SentenceSplitter",
+    "SmartTurnModel",
+    "SmartTurnService",
     "SpeechPaused",
     "SpeechResumed",
     "SpeechSegment",
@@ -94,15 +109,21 @@ __all__ = [
     "Transcript",
     "TtsConfig",
     "TtsError",
+    "TurnCompletionModel",
     "TurnConfig",
+    "TurnModelError",
     "TurnStage",
     "VadConfig",
     "VadError",
     "VadService",
     "VadStage",
     "VoiceActivityDetector",
+    "VoicingConfig",
+    "VoicingGate",
     "WavError",
     "create_llm",
+    "create_stt",
+    "create_tts",
     "decode_wav",
     "encode_mulaw_wav",
     "level_dbfs",

@@ -66,12 +66,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import trio
 
-from pipeline.runtime.dialogue import CallerText, CallerTurn
 from pipeline.runtime.errors import SttError
 from pipeline.runtime.frames import Frame, Utterance
 from pipeline.runtime.service import Service
 from pipeline.runtime.stage import Outbox, Stage
+from stages.priority import PriorityLimiter
+from stages.remote import RemoteOptions
 from stages.resample import resample, to_float32
+from stages.transcriber import Transcriber  # the reply path's STT step, re-exported
 
 __all__ = [
     "PHANTOM_PHRASES",
@@ -113,8 +115,9 @@ def bundled_model_path() -> Path:
 
 
 @dataclass(frozen=True, slots=True)
-class SttConfig:
-    """STT options. ``model``: None (bundled tiny.en), a faster-whisper name, or a path."""
+class SttConfig(RemoteOptions):
+    """STT options. ``model``: None (bundled tiny.en), a faster-whisper name, or a path;
+    with ``backend = "openai"``, the server's model name (remote keys: RemoteOptions)."""
 
     model: str | Path | None = None
     device: str = "cpu"
@@ -137,6 +140,7 @@ class SttConfig:
     vocabulary: tuple[str, ...] = ()  # the bot's words (names, products, places)
 
     def __post_init__(self) -> None:
+        RemoteOptions.__post_init__(self)  # the backend and server keys
         # bot.toml gives a list; keep the caller's order (it is the decoder's context)
         words = self.vocabulary
         if isinstance(words, str) or not all(isinstance(w, str) for w in words):
@@ -283,7 +287,7 @@ class SttService(Service):
         self.config = config or SttConfig()
         self._model: Any = None
         self._tokenizer: Any = None
-        self._limiter = trio.CapacityLimiter(max(1, self.config.workers))
+        self._limiter = PriorityLimiter(max(1, self.config.workers))  # urgent(): committed first
         self.transcribed = 0
         self.fallbacks = 0
         self.dropped = 0
@@ -553,47 +557,3 @@ class SttStage(Stage[Any, TranscriptFrame]):
 
     def statistics(self) -> dict[str, Any]:
         return {"utterances": self.utterances}
-
-
-class Transcriber(Stage[Any, Any]):
-    """The reply path's STT step: a :class:`~pipeline.runtime.dialogue.CallerTurn` in,
-    what the caller said (:class:`~pipeline.runtime.dialogue.CallerText`) out.
-
-    Nothing comes out for a turn with no words (noise, a cough): there is nothing to
-    answer. Every other frame passes through.
-    """
-
-    def __init__(self, service: SpeechToText, *, name: str | None = None) -> None:
-        super().__init__(name=name)
-        self.service = service
-        self.turns = 0
-        self.empty = 0
-
-    async def run(self, inbox: trio.MemoryReceiveChannel[Any], outbox: Outbox[Any]) -> None:
-        async for frame in inbox:
-            if not isinstance(frame, CallerTurn):
-                await outbox.send(frame)
-                continue
-            reply = frame.reply
-            started = trio.current_time()
-            transcript = await self.service.transcribe(frame.samples, frame.sample_rate)
-            reply.mark("stt")
-            reply.timings_ms["stt_compute"] = round((trio.current_time() - started) * 1000, 1)
-            self.turns += 1
-            text = transcript.text.strip()
-            if not text:
-                self.empty += 1
-                continue
-            reply.caller_text = text
-            reply.confidence = round(transcript.confidence, 3)
-            heard = CallerText(
-                reply=reply,
-                text=text,
-                confidence=transcript.confidence,
-                captured_at=frame.captured_at,
-            )
-            heard.inherit_timing(frame)
-            await outbox.send(heard)
-
-    def statistics(self) -> dict[str, Any]:
-        return {"turns": self.turns, "empty": self.empty}

@@ -11,11 +11,18 @@ How a turn is found (all times in :class:`TurnConfig`):
   wobble around one value do not flap the state.
 - ``min_speech_ms`` of speech is needed before :class:`SpeechStarted`; a shorter blip
   (a click, a breath) is forgotten.
-- The turn ends after ``min_silence_ms`` of silence (the end-of-turn hangover),
-  counted from the energy-refined end of speech (below), not from the VAD's release,
-  which trails the voice by a window or two: the main latency/interruption trade-off
-  of a voice bot. Telephone dialogue wants 500-700 ms: shorter cuts callers off at
-  commas, longer makes the bot feel slow.
+- Two modes (``mode``). ``hangover``: the turn ends after ``min_silence_ms`` of
+  silence, counted from the energy-refined end of speech (below), not from the VAD's
+  release, which trails the voice by a window or two. Telephone dialogue wants
+  500-700 ms: shorter cuts callers off at commas, longer makes the bot feel slow; no
+  single value does both, so this is the baseline. ``semantic`` (the default): the
+  end of turn is decided by meaning at the first pause (``early_silence_ms``) by the
+  turn manager, which has both the audio and the speculative transcript
+  (:mod:`stages.end_of_turn`: ``complete_threshold``, ``incomplete_threshold``,
+  ``unsure_wait_ms``, ``turn_model``, ``use_words``; ``continuation_ms`` for a caller
+  who goes on after such a commit, :mod:`pipeline.bot.turn_judge`); the endpointer's own
+  :class:`SpeechSegment` then comes only after ``max_wait_ms`` of silence, the bound
+  on how long an unfinished-sounding turn is waited for.
 - Speech bounds: the VAD puts them on its 32 ms window grid (the start at the first
   window of the run above ``release_threshold`` that led to activation, the end at
   the last window at or above ``threshold``), and Silero's probability trails the
@@ -29,10 +36,12 @@ How a turn is found (all times in :class:`TurnConfig`):
 - Speculative end of turn: after ``early_silence_ms`` of silence (shorter than the
   hangover) a :class:`SpeechPaused` carries the utterance as it stands, so a bot can
   start transcribing and thinking while it waits to be sure the caller has finished.
-  If the caller goes on, :class:`SpeechResumed` says to drop that work; otherwise the
-  :class:`SpeechSegment` follows at ``min_silence_ms`` and commits it. Nothing is
-  decided earlier than without it: only the work starts earlier. An
-  ``early_silence_ms`` not shorter than the hangover (or 0, or None) never fires.
+  If the caller goes on, :class:`SpeechResumed` says to drop that work; the turn stays
+  open, and the next pause's segment holds its audio from the original onset.
+  Otherwise the :class:`SpeechSegment` follows at ``min_silence_ms`` (hangover) or
+  ``max_wait_ms`` (semantic) and commits it. In hangover mode nothing is decided
+  earlier than without it: only the work starts earlier. An ``early_silence_ms`` not
+  shorter than that silence (or 0, or None) never fires; semantic mode requires it.
 
 Barge-in: while the bot is speaking (``BotSpeech.speaking``, a flag the turn manager
 sets around playback), a stricter gate applies: ``barge_in_min_speech_ms`` (default
@@ -72,13 +81,18 @@ __all__ = [
     "TurnStage",
 ]
 
+MODES = ("semantic", "hangover")
+
 # (caller audio from the speech start so far, its start sample) -> fire barge-in?
 BargeInGate = Callable[[np.ndarray, int], bool]
 
 
 @dataclass(frozen=True, slots=True)
 class TurnConfig:
-    """Endpointing parameters; the defaults are tuned for 8 kHz telephone speech."""
+    """Endpointing parameters; the defaults are tuned for 8 kHz telephone speech.
+
+    ``mode`` picks the end-of-turn rule (see the module docstring); the semantic
+    thresholds are those of :class:`stages.end_of_turn.EndOfTurnPolicy`."""
 
     threshold: float = 0.5
     release_threshold: float = 0.35
@@ -93,7 +107,23 @@ class TurnConfig:
     max_utterance_s: float = 30.0
     barge_in_threshold: float = 0.6
     barge_in_min_speech_ms: float = 220.0
-    early_silence_ms: float | None = 200.0
+    early_silence_ms: float | None = 160.0
+    # end of turn by meaning (stages.end_of_turn; the turn manager decides)
+    mode: str = "semantic"  # semantic | hangover (the fixed min_silence_ms rule)
+    max_wait_ms: float = 2000.0  # semantic: the turn is committed after this silence anyway
+    turn_model: str = ""  # Smart Turn ONNX path; "" = the vendored file; "none" = words only
+    complete_threshold: float = 0.6  # combined P(finished) at or above it: commit now
+    incomplete_threshold: float = 0.3  # below it: keep listening up to max_wait_ms
+    unsure_wait_ms: float = 750.0  # in between: commit after this silence
+    # speech again within this silence after a turn committed at its pause goes on with
+    # the same sentence (the reply is withdrawn); later, it is a new turn (or a barge-in)
+    continuation_ms: float = 1500.0
+    use_words: bool = True  # let the words heard so far count (False: the audio model alone)
+    # barge-in: only voiced sound interrupts (stages.voicing); a barge-in whose turn has no
+    # words gives the bot its reply back after resume_gap_ms (pipeline.bot.resumption)
+    barge_in_voicing: bool = True
+    resume_false_interrupts: bool = True
+    resume_gap_ms: float = 300.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.release_threshold <= self.threshold <= 1.0:
@@ -103,6 +133,32 @@ class TurnConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.early_silence_ms is not None and self.early_silence_ms < 0:
             raise ValueError("early_silence_ms must be >= 0 (0 or None disables it)")
+        if self.resume_gap_ms < 0:
+            raise ValueError("resume_gap_ms must be >= 0")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if not 0.0 <= self.incomplete_threshold <= self.complete_threshold <= 1.0:
+            raise ValueError("need 0 <= incomplete_threshold <= complete_threshold <= 1")
+        if self.mode == "semantic":
+            early = self.early_silence_ms or 0.0
+            if not 0.0 < early < self.max_wait_ms:
+                raise ValueError(
+                    "semantic mode needs 0 < early_silence_ms < max_wait_ms: the decision "
+                    "is taken at the pause"
+                )
+            if not early <= self.unsure_wait_ms <= self.max_wait_ms:
+                raise ValueError("need early_silence_ms <= unsure_wait_ms <= max_wait_ms")
+            if not early <= self.continuation_ms <= self.max_wait_ms:
+                raise ValueError("need early_silence_ms <= continuation_ms <= max_wait_ms")
+
+    @property
+    def semantic(self) -> bool:
+        return self.mode == "semantic"
+
+    @property
+    def commit_silence_ms(self) -> float:
+        """The silence after which the endpointer itself ends a turn."""
+        return self.max_wait_ms if self.semantic else self.min_silence_ms
 
 
 class BotSpeech:
@@ -218,6 +274,7 @@ class Endpointer:
         self._barged = False
         self._noise_db: float | None = None  # running level of clearly non-speech windows
         self._paused = False  # SpeechPaused sent for the current silence
+        self._resumed_at: int | None = None  # where the caller went on after a pause
         self.counts = {
             "speech_started": 0,
             "utterances": 0,
@@ -276,6 +333,7 @@ class Endpointer:
             self._silent_since = None
             if self._paused:
                 self._paused = False
+                self._resumed_at = frame.start_sample
                 self.counts["resumed"] += 1
                 resumed = SpeechResumed(
                     sample=frame.start_sample, sample_rate=rate, captured_at=0.0
@@ -296,7 +354,7 @@ class Endpointer:
                 events.append(self._timed(started, frame))
         events.extend(self._barge_in(frame))
         silent_for = frame.end_sample - self._quiet_from if self._silent_since is not None else 0
-        if self._active and silent_for >= self._ms(config.min_silence_ms, rate):
+        if self._active and silent_for >= self._ms(config.commit_silence_ms, rate):
             events.append(self._segment(frame, forced=False))
         elif (
             self._active
@@ -322,14 +380,21 @@ class Endpointer:
             # window before Silero is sure enough for the stricter barge-in threshold
             run = self._run_start
             self._barge_run = frame.start_sample if run is None else min(run, frame.start_sample)
-        if self._barged or not self.bot.speaking:
+        if not self.bot.speaking:
+            # the bot went quiet (cut, or done): when it talks again, within this same
+            # turn (a resumed reply), the caller must be able to cut it again
+            self._barged = False
+            return []
+        if self._barged:
             return []
         if frame.end_sample - self._barge_run < self._ms(config.barge_in_min_speech_ms, rate):
             return []
         assert self._onset is not None
         if self.barge_in_gate is not None:
-            audio = self._audio(self._onset, frame.end_sample)
-            if not self.barge_in_gate(audio, self._onset):
+            # only the speech over the bot: in a turn that goes on after a pause, what
+            # came before the pause (voiced, surely) says nothing about this sound
+            start = self._resumed_at if self._resumed_at is not None else self._onset
+            if not self.barge_in_gate(self._audio(start, frame.end_sample), start):
                 return []
         self._barged = True
         self.counts["barge_ins"] += 1
@@ -349,6 +414,7 @@ class Endpointer:
         self._active = False
         self._barged = False
         self._paused = False
+        self._resumed_at = None
         self._barge_run = None
         self._silent_since = None
         if forced:  # the caller is still talking: the next turn starts right here

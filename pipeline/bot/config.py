@@ -20,12 +20,18 @@ everything a service or stage can be told is settable from the file::
     timeout_s = 10.0
 
     [stt]                              # stages.stt.SttConfig (every field)
-    model = ""                         # faster-whisper name or path; "" = bundled tiny.en
-    beam_size = 1
+    backend = "local"                  # local (faster-whisper) | openai (a server at url)
+    model = ""                         # faster-whisper name or path (local), or the
+    beam_size = 1                      #   server's model name; "" = tiny.en / whisper-1
+    # openai: url, api_key, timeout_s, retries, failure_threshold, reset_after_s
+    #   (stages.remote.RemoteOptions: deadline, retries, circuit breaker)
 
     [tts]                              # stages.tts.TtsConfig
-    voice = ""                         # a Piper .onnx voice; "" = bundled en_US-joe-medium
+    backend = "local"                  # local (Piper) | openai (a server at url)
+    voice = ""                         # a Piper .onnx voice (local) or the server's voice
     length_scale = 1.0                 # > 1 speaks slower
+    # openai: url, api_key, model, response_format (wav | pcm), pcm_rate, and the
+    #   RemoteOptions keys as in [stt]
 
     [vad]                              # stages.vad.VadConfig
     model = ""                         # Silero VAD .onnx; "" = the vendored file
@@ -42,7 +48,14 @@ everything a service or stage can be told is settable from the file::
     repeat_fallback_lines = ["Is there anything else I can help you with?"]
 
     [turns]                            # stages.turns.TurnConfig
-    min_silence_ms = 600
+    mode = "semantic"                  # semantic (audio model + words) | hangover (fixed)
+    max_wait_ms = 2000                 # semantic: commit after this silence anyway
+    turn_model = ""                    # Smart Turn .onnx; "" = vendored; "none" = words only
+    complete_threshold = 0.6           # semantic: P(finished) >= this: commit at once
+    incomplete_threshold = 0.3         # semantic: below this: keep listening
+    unsure_wait_ms = 1000              # semantic: in between, commit after this silence
+    continuation_ms = 1500             # semantic: speech again within this: same sentence
+    min_silence_ms = 600               # hangover: the end-of-turn silence
 
     [jitter]                           # stages.jitter.JitterConfig
     max_delay = 0.3

@@ -5,6 +5,8 @@ still playing, and stops everything on ``interrupt``. We never hear that playout
 we model it from what we sent and when: it tells the endpointer whether the bot is
 speaking (so the stricter barge-in gate applies) and, after a barge-in, which words
 the caller actually heard, which is all the conversation history should keep.
+Each piece keeps its audio while its reply lasts, so a reply stopped by a false
+interruption can be sent again (:mod:`pipeline.bot.resumption`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ __all__ = ["PlayedPiece", "Playout"]
 
 @dataclass(slots=True)
 class PlayedPiece:
-    """One chunk of bot speech on the estimated playout timeline (Trio clock)."""
+    """One chunk of bot speech on the estimated playout timeline (Trio clock), with the
+    μ-law audio that says it (empty where the sender did not keep it)."""
 
     text: str
     starts: float
     ends: float  # when it stops playing: the planned end, or earlier if interrupted
     planned_ends: float = 0.0
+    audio: bytes = b""
 
     def __post_init__(self) -> None:
         self.planned_ends = self.planned_ends or self.ends
@@ -48,10 +52,12 @@ class Playout:
         self.ends_at = 0.0
         self._changed = trio.Event()
 
-    def sent(self, text: str, seconds: float, now: float) -> PlayedPiece:
+    def sent(self, text: str, seconds: float, now: float, audio: bytes = b"") -> PlayedPiece:
         """A chunk of ``seconds`` of speech saying ``text`` left for the platform at ``now``."""
         starts = max(now, self.ends_at)
-        piece = PlayedPiece(text, starts, starts + seconds)
+        piece = PlayedPiece(text, starts, starts + seconds, audio=audio)
+        # only pieces still to play can be cut: the played ones (and their audio) go
+        self.pieces = [earlier for earlier in self.pieces if earlier.ends > now]
         self.pieces.append(piece)
         self.ends_at = piece.ends
         self.bot.speaking = True

@@ -12,10 +12,10 @@ turn through the *reply path*, a chain built fresh for every reply::
 
 cancelling it on barge-in. Both chains are lists of stages a user edits in a line
 (``inbound_edits``, ``reply_edits``: each gets the fresh list and returns the one to
-run), and the four speech services behind them are swappable (``vad=``, ``stt=``,
-``llm=``, ``tts=``; :mod:`pipeline.bot.services`). The services are entered once in
-:meth:`VoiceBot.serving` and shared by every call, so a call costs no model load and a
-bad model path fails at start-up.
+run), and the speech services behind them are swappable (``vad=``, ``stt=``,
+``llm=``, ``tts=``, ``turn=``, the end-of-turn model; :mod:`pipeline.bot.services`).
+The services are entered once in :meth:`VoiceBot.serving` and shared by every call, so
+a call costs no model load and a bad model path fails at start-up.
 
 Every call is a channel of :attr:`VoiceBot.messages` (:mod:`pipeline.bot.messages`):
 its state changes and each finished turn are published there, and an operator's
@@ -44,6 +44,7 @@ from pipeline.runtime.editing import StageEdit, edited
 from pipeline.runtime.stage import Stage
 from pipeline.server.call import Call
 from stages import mulaw
+from stages.end_of_turn import TurnCompletionModel
 from stages.faq import FaqAnswerer
 from stages.llm import LlmBackend, LlmError, Responder
 from stages.playout import JitterStage
@@ -53,6 +54,7 @@ from stages.stt import SpeechToText, Transcriber
 from stages.tts import Synthesizer, TextToSpeech
 from stages.turns import TurnStage
 from stages.vad import VadStage, VoiceActivityDetector
+from stages.voicing import VoicingGate
 from stages.wav import WavError
 
 __all__ = ["SpeechServices", "VoiceBot"]
@@ -63,9 +65,10 @@ logger = logging.getLogger("voicegraph.bot")
 class VoiceBot:
     """STT → LLM → TTS with barge-in, on every call. ``record_dir`` keeps every call.
 
-    ``vad``, ``stt``, ``llm``, ``tts``: services to use instead of the configured
-    defaults. ``inbound_edits`` / ``reply_edits``: functions that get each fresh stage
-    list of the inbound chain / reply path and return the list to run, in order (e.g.
+    ``vad``, ``stt``, ``llm``, ``tts``, ``turn`` (the end-of-turn model of
+    ``[turns] mode = "semantic"``): services to use instead of the configured defaults.
+    ``inbound_edits`` / ``reply_edits``: functions that get each fresh stage list of the
+    inbound chain / reply path and return the list to run, in order (e.g.
     ``lambda stages: insert_after(stages, Transcriber, MyStage())``).
     """
 
@@ -77,6 +80,7 @@ class VoiceBot:
         stt: SpeechToText | None = None,
         llm: LlmBackend | None = None,
         tts: TextToSpeech | None = None,
+        turn: TurnCompletionModel | None = None,
         inbound_edits: Sequence[StageEdit] = (),
         reply_edits: Sequence[StageEdit] = (),
         record_dir: Path | None = None,
@@ -84,7 +88,7 @@ class VoiceBot:
     ) -> None:
         self.config = config or BotConfig()
         self.messages = messages or ConversationBus()
-        self._given = {"vad": vad, "stt": stt, "llm": llm, "tts": tts}
+        self._given = {"vad": vad, "stt": stt, "llm": llm, "tts": tts, "turn": turn}
         self.inbound_edits = list(inbound_edits)
         self.reply_edits = list(reply_edits)
         self.record_dir = record_dir
@@ -150,7 +154,9 @@ class VoiceBot:
         ]
         if recorder is not None:
             stages.append(recorder.caller_tap())
-        stages += [VadStage(services.vad), TurnStage(self.config.turns, bot=playout.bot)]
+        turns = self.config.turns
+        gate = VoicingGate() if turns.barge_in_voicing else None  # no barge-in from a cough
+        stages += [VadStage(services.vad), TurnStage(turns, bot=playout.bot, barge_in_gate=gate)]
         return edited(stages, self.inbound_edits)
 
     def reply_stages(self) -> list[Stage]:
@@ -159,7 +165,7 @@ class VoiceBot:
         conversation = self.config.conversation
         faq = [FaqAnswerer(self.config.faq)] if self.config.faq.facts else []
         stages: list[Stage[Any, Any]] = [
-            Transcriber(services.stt),
+            Transcriber(services.stt, fallback_line=conversation.fallback_line),
             *faq,
             Responder(
                 services.llm,
@@ -178,14 +184,15 @@ class VoiceBot:
         return self.services
 
     async def handle_call(self, call: Call) -> None:
-        self._serving()
-        playout = Playout()
+        services, playout = self._serving(), Playout()
         conversation = Conversation(
             call,
             config=self.config.conversation,
             reply_stages=self.reply_stages,
             playout=playout,
             greeting=self.greeting,
+            turns=self.config.turns,
+            turn_model=services.turn,
         )
         recorder = None
         if self.record_dir is not None:

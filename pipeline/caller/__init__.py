@@ -40,6 +40,7 @@ from pipeline.caller.emulator import (
     converse,
     open_call,
     save_call,
+    speech_end_offset,
 )
 
 __all__ = [
@@ -78,4 +79,5 @@ __all__ = [
     "open_client",
     "save_call",
     "save_wav",
+    "speech_end_offset",
 ]

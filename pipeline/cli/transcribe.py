@@ -65,14 +65,18 @@ async def transcribe_file(
     if vad is None:
         return (await stt.transcribe(samples, sample_rate)).text
     from stages.stt import SttStage
-    from stages.turns import TurnStage
+    from stages.turns import TurnConfig, TurnStage
     from stages.vad import VadStage
 
     texts: list[str] = []
     # inbound capacity covers the whole file: a file, unlike a phone, can wait
     capacity = len(samples) // FRAME + 2
     async with open_chain(
-        VadStage(vad), TurnStage(), SttStage(stt), inbound_capacity=capacity
+        # a file has no one waiting for an answer: cut it at the plain silence rule
+        VadStage(vad),
+        TurnStage(TurnConfig(mode="hangover")),
+        SttStage(stt),
+        inbound_capacity=capacity,
     ) as chain:
         for start in range(0, len(samples), FRAME):
             frame = PcmAudio(

@@ -81,6 +81,9 @@ class Reply:
     timings_ms: dict[str, float] = field(default_factory=dict)
     pieces_queued: int = 0
     first_audio: trio.Event = field(default_factory=trio.Event)
+    # set once the STT has run on the turn, words or none (``caller_text`` is then final):
+    # the end-of-turn judgement reads the words heard at a pause
+    transcribed: trio.Event = field(default_factory=trio.Event)
 
     def mark(self, name: str, now: float | None = None) -> None:
         """Note when a step first happened (later calls for the same step are ignored)."""

@@ -21,7 +21,7 @@ from pipeline.server.call import Bot
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from stages.jitter import JitterConfig
 from stages.llm import EchoLlm
-from tests.fakes import FakeEnergyVad, FakeScriptedStt, FakeToneTts, tone_burst
+from tests.fakes import FakeEnergyVad, FakeScriptedStt, FakeToneTts, FakeTurnModel, tone_burst
 
 RATE = 8000
 
@@ -92,12 +92,14 @@ async def fake_bot(
     llm: EchoLlm | None = None,
     stt: FakeScriptedStt | None = None,
     tts: FakeToneTts | None = None,
+    turn: FakeTurnModel | None = None,
     reply_edits: Sequence[StageEdit] = (),
     greeting: str = "",
     **conversation: Any,
 ) -> AsyncIterator[tuple[VoiceBot, str]]:
     """The real voice bot on the named fakes (no model loads) on a free port: the STT
-    'hears' ``script`` line by line. Leaving the block shuts the server down."""
+    'hears' ``script`` line by line; the end-of-turn model calls every turn complete
+    unless its words say otherwise. Leaving the block shuts the server down."""
     config = BotConfig(conversation=ConversationConfig(greeting=greeting, **conversation))
     bot = VoiceBot(
         config,
@@ -105,6 +107,7 @@ async def fake_bot(
         stt=stt or FakeScriptedStt(script),
         llm=llm or EchoLlm(),
         tts=tts or FakeToneTts(),
+        turn=turn or FakeTurnModel({}, default=0.9),
         reply_edits=reply_edits,
     )
     server = VoiceStreamServer(ServerConfig(port=0), bot)

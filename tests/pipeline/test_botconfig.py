@@ -41,6 +41,7 @@ model = "small.en"
 [vad]
 model = "/models/vad.onnx"
 [turns]
+mode = "hangover"
 min_silence_ms = 500
 early_silence_ms = 0
 [jitter]
@@ -67,7 +68,7 @@ max_delay = 0.2
     [
         ("[bots]\nx = 1", "unknown section"),
         ("[bot]\nsystem_promt = 'x'", "unknown key.*system_promt"),
-        ("[tts]\nmodel = 'x'", "unknown key.*model.*\\[tts\\]"),
+        ("[tts]\nmodle = 'x'", "unknown key.*modle.*\\[tts\\]"),
         ("[bot]\nbarge_in = 'yes'", "barge_in must be true or false"),
         ("[turns]\nmin_silence_ms = 'long'", "min_silence_ms must be a number"),
         ("[llm]\nmodel = 3", "model must be a string"),

@@ -186,7 +186,7 @@ async def test_a_barged_in_reply_is_published_as_interrupted():
                 async with open_call(url) as call:
                     spoken = await call.speak(caller("What are your opening hours?"))
                     await call.wait_for_bot_audio(spoken.speech_end_at)
-                    await trio.sleep(1.0)
+                    await trio.sleep(2.0)  # past the continuation window: a barge-in
                     barged = await call.speak(caller("Sorry, I only wanted to know about Sunday."))
                     await call.wait_for_bot_audio(barged.speech_end_at)
                     await trio.sleep(0.5)

@@ -70,7 +70,7 @@ async def test_caller_sentence_comes_back_in_the_reply():
     sentence = "Please book a table for four people tonight."
     with trio.fail_after(60):
         async with voice_bot(EchoLlm(), greeting="") as (bot, url), open_call(url) as call:
-            (report,) = await converse(call, [("booking", caller(sentence))], pause=0.3)
+            (report,) = await converse(call, [("booking", caller(sentence))], pause=1.0)
     assert report.bot_messages >= 1
     assert report.voice_to_voice_ms is not None
     ((_, turns),) = bot.finished
@@ -88,7 +88,7 @@ async def test_barge_in_interrupts_cancels_and_truncates_history():
             async with open_call(url) as call:
                 spoken = await call.speak(caller("What are your opening hours?"))
                 await call.wait_for_bot_audio(spoken.speech_end_at)
-                await trio.sleep(1.0)  # the bot is talking
+                await trio.sleep(2.0)  # the bot is talking, past the continuation window
                 barged = await call.speak(caller("Sorry, I only wanted to know about Sunday."))
                 await call.wait_for_bot_audio(barged.speech_end_at)  # the answer to it
                 await trio.sleep(0.5)

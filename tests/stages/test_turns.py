@@ -25,6 +25,7 @@ from stages.vad import WINDOW, SileroModel, SileroStream, VadFrame, VadStage, op
 
 SIZE = WINDOW[8000]
 TOLERANCE = 480  # 60 ms at 8 kHz
+HANGOVER = TurnConfig(mode="hangover")  # today's fixed 600 ms rule, the baseline
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def run(endpointer: Endpointer, frames: list[VadFrame]) -> list:
 def test_boundaries_land_within_60_ms(model, voice, text):
     clip = telephony(speech(text, voice))
     audio = padded(clip, 1.0, 1.5)
-    events = run(Endpointer(), vad_frames(model, audio))
+    events = run(Endpointer(HANGOVER), vad_frames(model, audio))
     assert [type(e) for e in events] == [SpeechStarted, SpeechPaused, SpeechSegment]
     started, paused, segment = events
     # the tentative turn is the committed one: work started on it stays valid
@@ -87,7 +88,9 @@ def test_a_pause_the_caller_talks_through_is_retracted(model):
 
 def test_no_early_pause_when_disabled(model):
     audio = padded(telephony(speech("Yes.")), 1.0, 1.5)
-    events = run(Endpointer(TurnConfig(early_silence_ms=None)), vad_frames(model, audio))
+    events = run(
+        Endpointer(TurnConfig(mode="hangover", early_silence_ms=None)), vad_frames(model, audio)
+    )
     assert [type(e) for e in events] == [SpeechStarted, SpeechSegment]
 
 
@@ -97,11 +100,15 @@ def test_pause_shorter_than_hangover_keeps_one_turn(model):
     short_pause = np.concatenate([silence(0.5), first, silence(0.3), second, silence(1.0)])
     long_pause = np.concatenate([silence(0.5), first, silence(1.0), second, silence(1.0)])
     segments = [
-        e for e in run(Endpointer(), vad_frames(model, short_pause)) if isinstance(e, SpeechSegment)
+        e
+        for e in run(Endpointer(HANGOVER), vad_frames(model, short_pause))
+        if isinstance(e, SpeechSegment)
     ]
     assert len(segments) == 1
     segments = [
-        e for e in run(Endpointer(), vad_frames(model, long_pause)) if isinstance(e, SpeechSegment)
+        e
+        for e in run(Endpointer(HANGOVER), vad_frames(model, long_pause))
+        if isinstance(e, SpeechSegment)
     ]
     assert len(segments) == 2
     assert abs(segments[1].speech_start - (4000 + len(first) + 8000)) <= TOLERANCE
@@ -112,19 +119,22 @@ def test_hangover_is_configurable(model):
     frames = vad_frames(model, audio)
     fast = [
         e
-        for e in run(Endpointer(TurnConfig(min_silence_ms=200)), frames)
+        for e in run(Endpointer(TurnConfig(mode="hangover", min_silence_ms=200)), frames)
         if isinstance(e, SpeechSegment)
     ]
     slow = [
         e
-        for e in run(Endpointer(TurnConfig(min_silence_ms=800)), frames)
+        for e in run(Endpointer(TurnConfig(mode="hangover", min_silence_ms=800)), frames)
         if isinstance(e, SpeechSegment)
     ]
     assert slow[0].captured_at == fast[0].captured_at == 0.0
     # the same speech, but the slow endpointer needed more audio before it decided
     assert slow[0].end_sample == fast[0].end_sample
     decided = {}
-    for config in (TurnConfig(min_silence_ms=200), TurnConfig(min_silence_ms=800)):
+    for config in (
+        TurnConfig(mode="hangover", min_silence_ms=200),
+        TurnConfig(mode="hangover", min_silence_ms=800),
+    ):
         endpointer = Endpointer(config)
         for frame in frames:
             if any(isinstance(e, SpeechSegment) for e in endpointer.process(frame)):
@@ -189,6 +199,20 @@ def test_barge_in_fires_on_400_ms_of_speech(model):
     assert barge.detected_sample <= 4000 + 3200 + SIZE  # while the caller is still talking
 
 
+def test_barge_in_rearms_when_the_bot_talks_again_within_one_turn(model):
+    """A reply resumed after a false interruption can be cut again by the same turn."""
+    words = telephony(speech("Hello there, can you hear me? I have a question for you."))
+    frames = vad_frames(model, np.concatenate([silence(0.5), words, silence(0.5)]))
+    bot = BotSpeech()
+    endpointer = Endpointer(TurnConfig(mode="hangover"), bot=bot)
+    barges = []
+    third = len(frames) // 3
+    for index, frame in enumerate(frames):
+        bot.speaking = index < third or index >= 2 * third  # cut, then resumed
+        barges += [e for e in endpointer.process(frame) if isinstance(e, BargeIn)]
+    assert len(barges) == 2
+
+
 def test_barge_in_needs_the_bot_to_be_speaking(model):
     audio = np.concatenate([silence(0.5), telephony(speech("Hello there.")), silence(0.5)])
     assert barge_events(model, audio, speaking=False) == []
@@ -231,7 +255,7 @@ async def test_pipeline_pcm_to_turns(model):
     audio = padded(clip, 1.0, 1.0)
     async with (
         open_vad_service(model) as service,
-        open_chain(VadStage(service), TurnStage()) as chain,
+        open_chain(VadStage(service), TurnStage(HANGOVER)) as chain,
     ):
         for i in range(0, len(audio), 160):
             frame = PcmAudio(samples=audio[i : i + 160], start_sample=i, captured_at=i / 8000)
@@ -246,3 +270,70 @@ async def test_pipeline_pcm_to_turns(model):
     # charged from the capture of the window that ended the turn
     assert segment.captured_at >= (segment.speech_end + 600 * 8 - SIZE - 160) / 8000
     assert stats["turn_stage"]["utterances"] == 1
+
+
+def test_semantic_mode_leaves_the_decision_to_the_pause_and_bounds_it_at_max_wait(model):
+    """Semantic mode: SpeechPaused at early_silence_ms as before, and the endpointer's
+    own SpeechSegment only after max_wait_ms of silence, not at the 600 ms hangover."""
+    clip = telephony(speech("I would like to order some bread."))
+    audio = padded(clip, 1.0, 3.0)
+    config = TurnConfig(mode="semantic", max_wait_ms=2000.0)
+    endpointer = Endpointer(config)
+    decided: dict[type, int] = {}
+    for frame in vad_frames(model, audio):
+        for event in endpointer.process(frame):
+            decided.setdefault(type(event), frame.end_sample)
+    assert set(decided) == {SpeechStarted, SpeechPaused, SpeechSegment}
+    true_end = 8000 + len(clip)
+    assert decided[SpeechPaused] - true_end == pytest.approx(200 * 8, abs=TOLERANCE)
+    assert decided[SpeechSegment] - true_end == pytest.approx(2000 * 8, abs=TOLERANCE)
+
+
+def test_semantic_mode_keeps_one_turn_through_a_one_second_pause(model):
+    """A pause shorter than max_wait_ms is retracted: the paused segment after the
+    continuation holds the audio from the original onset (the whole sentence)."""
+    first = telephony(speech("My name is"))
+    second = telephony(speech("John Smith."))
+    audio = np.concatenate([silence(0.5), first, silence(1.0), second, silence(2.5)])
+    events = run(Endpointer(TurnConfig()), vad_frames(model, audio))
+    kinds = [type(e) for e in events]
+    assert kinds == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechSegment]
+    first_pause, second_pause, segment = events[1], events[3], events[4]
+    assert second_pause.segment.speech_start == first_pause.segment.speech_start
+    assert segment.speech_start == first_pause.segment.speech_start
+    assert segment.speech_end > events[2].sample  # it holds both halves
+
+
+def test_hangover_mode_ignores_max_wait(model):
+    audio = padded(telephony(speech("Okay.")), 0.5, 1.0)
+    frames = vad_frames(model, audio)
+    ends = {}
+    for max_wait in (700.0, 1500.0):
+        endpointer = Endpointer(TurnConfig(mode="hangover", max_wait_ms=max_wait))
+        for frame in frames:
+            if any(isinstance(e, SpeechSegment) for e in endpointer.process(frame)):
+                ends[max_wait] = frame.end_sample
+                break
+    assert ends[700.0] == ends[1500.0]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"mode": "smart"}, "mode must be one of"),
+        ({"early_silence_ms": None}, "semantic mode needs"),
+        ({"early_silence_ms": 2500.0}, "semantic mode needs"),
+        ({"complete_threshold": 0.2, "incomplete_threshold": 0.4}, "incomplete_threshold"),
+        ({"unsure_wait_ms": 3000.0}, "unsure_wait_ms"),
+        ({"unsure_wait_ms": 100.0}, "unsure_wait_ms"),
+        ({"continuation_ms": 2500.0}, "continuation_ms"),
+    ],
+)
+def test_config_rejects_inconsistent_end_of_turn_settings(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TurnConfig(**fields)
+
+
+def test_hangover_mode_needs_no_early_pause():
+    assert TurnConfig(mode="hangover", early_silence_ms=None).commit_silence_ms == 600.0
+    assert TurnConfig().commit_silence_ms == 2000.0
