@@ -12,6 +12,13 @@ slow-but-alive one is not cut off), an HTTP error status (with the start of the
 body, where servers put the reason), a stream that is not valid SSE/JSON, or
 one that stops before ``[DONE]`` and before any ``finish_reason``. A whole-reply
 deadline belongs to the caller (``trio.fail_after`` around the turn).
+
+The request goes through the resilience layer the remote STT and TTS use
+(:mod:`stages.remote`): connection errors and 5xx answers are retried (``retries``,
+with back-off) only until the stream's status line has come, so no token is ever
+generated twice; ``failure_threshold`` failed replies in a row open a circuit
+breaker for ``reset_after_s``, during which a reply fails at once and the reply
+path says its fallback line without waiting.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import httpx
 from pipeline.runtime.dialogue import Message
 from pipeline.runtime.errors import LlmError
 from pipeline.runtime.service import Service
+from stages.remote import RemoteEndpoint, RemoteOptions
 
 __all__ = ["OpenAiCompatibleLlm", "chat_completions_url"]
 
@@ -84,33 +92,48 @@ class OpenAiCompatibleLlm(Service):
         max_tokens: int | None = 200,
         temperature: float | None = 0.7,
         extra_body: Mapping[str, Any] | None = None,
+        retries: int = 1,
+        failure_threshold: int = 3,
+        reset_after_s: float = 10.0,
     ) -> None:
         self.url = url
-        self.endpoint = chat_completions_url(url)
+        self.endpoint_url = chat_completions_url(url)
         self.model = model
-        self.api_key = api_key
         self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        options = RemoteOptions(
+            backend="openai",
+            url=url,
+            api_key=api_key or "",
+            timeout_s=read_timeout,
+            retries=retries,
+            failure_threshold=failure_threshold,
+            reset_after_s=reset_after_s,
+        )
+        self.endpoint = RemoteEndpoint(
+            self.endpoint_url,
+            options,
+            error=LlmError,
+            what="LLM server",
+            headers={"Accept": "text/event-stream"},
+            timeout=self.timeout,
+            deadline=False,  # per chunk (httpx) and per turn (the Responder)
+        )
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.extra_body = dict(extra_body or {})
-        self._client: httpx.AsyncClient | None = None
         self.replies = 0
-        self.failures = 0
+
+    @property
+    def failures(self) -> int:
+        """Replies that failed (the circuit's fast refusals included)."""
+        return int(self.endpoint.statistics()["failures"])
 
     async def setup(self) -> None:
         """Open the connection pool. The server is not contacted: it may start later."""
-        if not self.endpoint.startswith(("http://", "https://")):
-            raise LlmError(f"LLM URL must start with http:// or https://, not {self.url!r}")
-        if self._client is None:
-            headers = {"Accept": "text/event-stream"}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
-            self._client = httpx.AsyncClient(timeout=self.timeout, headers=headers)
+        await self.endpoint.open()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self.endpoint.aclose()
 
     def request_body(self, messages: Sequence[Message]) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -126,56 +149,37 @@ class OpenAiCompatibleLlm(Service):
         return body
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
-        if self._client is None:
-            raise LlmError("the OpenAI-compatible LLM is not set up; await setup() first")
+        client = self.endpoint.client()
         self.replies += 1
-        where = f"LLM server {self.endpoint}"
-        try:
-            async with self._client.stream(
-                "POST", self.endpoint, json=self.request_body(messages)
-            ) as response:
-                if response.status_code >= 400:
-                    body = (await response.aread()).decode("utf-8", "replace").strip()
-                    raise LlmError(f"{where} answered HTTP {response.status_code}: {body[:300]}")
-                content_type = response.headers.get("content-type", "")
-                if content_type.startswith("application/json"):
-                    # A server that ignored "stream": the whole reply in one document.
-                    text = self._whole_reply(await response.aread(), where)
-                    if text:
-                        yield text
-                    return
-                decoder = _SseDecoder()
-                finished = False
-                async for line in response.aiter_lines():
-                    for data in decoder.line(line):
-                        if data.strip() == "[DONE]":
-                            return
-                        delta, done = self._parse_event(data, where)
-                        finished = finished or done
-                        if delta:
-                            yield delta
-                for data in decoder.end():
-                    if data.strip() != "[DONE]":
-                        delta, done = self._parse_event(data, where)
-                        finished = finished or done
-                        if delta:
-                            yield delta
-                    finished = True
-                if not finished:
-                    raise LlmError(f"malformed stream from {where}: it ended before [DONE]")
-        except httpx.ConnectError as exc:
-            self.failures += 1
-            raise LlmError(f"cannot connect to {where}: {exc or 'connection refused'}") from exc
-        except httpx.TimeoutException as exc:
-            self.failures += 1
-            kind = type(exc).__name__.replace("Timeout", " timeout").lower()
-            raise LlmError(f"{where} timed out ({kind}, limits {self.timeout})") from exc
-        except httpx.HTTPError as exc:
-            self.failures += 1
-            raise LlmError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
-        except LlmError:
-            self.failures += 1
-            raise
+        where = self.endpoint.where
+        request = client.build_request("POST", self.endpoint_url, json=self.request_body(messages))
+        async with self.endpoint.streaming(request) as response:
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith("application/json"):
+                # A server that ignored "stream": the whole reply in one document.
+                text = self._whole_reply(await response.aread(), where)
+                if text:
+                    yield text
+                return
+            decoder = _SseDecoder()
+            finished = False
+            async for line in response.aiter_lines():
+                for data in decoder.line(line):
+                    if data.strip() == "[DONE]":
+                        return
+                    delta, done = self._parse_event(data, where)
+                    finished = finished or done
+                    if delta:
+                        yield delta
+            for data in decoder.end():
+                if data.strip() != "[DONE]":
+                    delta, done = self._parse_event(data, where)
+                    finished = finished or done
+                    if delta:
+                        yield delta
+                finished = True
+            if not finished:
+                raise LlmError(f"malformed stream from {where}: it ended before [DONE]")
 
     @staticmethod
     def _parse_event(data: str, where: str) -> tuple[str, bool]:
@@ -216,4 +220,4 @@ class OpenAiCompatibleLlm(Service):
         return content
 
     def statistics(self) -> dict[str, Any]:
-        return {"replies": self.replies, "failures": self.failures}
+        return {"replies": self.replies, **self.endpoint.statistics()}
