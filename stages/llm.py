@@ -152,7 +152,9 @@ class LlmConfig:
     """``[llm]`` of ``bot.toml``: which backend, its model, and how it answers.
 
     ``model``: a GGUF path (local) or a model name (openai); "" = the bundled SmolLM2.
-    ``threads``: llama.cpp prompt threads (0: every core). ``timeout_s``: how long a
+    ``threads``: llama.cpp prompt threads (0: every core), split between ``contexts``:
+    replies the local model generates side by side, one context (KV cache) each, the
+    weights shared (default 2: see README, Sizing a machine). ``timeout_s``: how long a
     reply may take to start before the caller hears the fallback line.
     """
 
@@ -164,6 +166,7 @@ class LlmConfig:
     max_tokens: int = 96
     timeout_s: float = 10.0
     threads: int = 0
+    contexts: int = 2
 
 
 def create_llm(backend: str | LlmConfig, **options: Any) -> LlmBackend:
@@ -200,6 +203,7 @@ def _options_of(config: LlmConfig) -> dict[str, Any]:
             options["model_path"] = config.model
         if config.threads > 0:
             options["threads"] = config.threads
+        options["contexts"] = config.contexts
         return options
     if config.backend == "openai":
         return {
@@ -222,7 +226,8 @@ class Responder(Stage[Any, Any]):
     Until the first speakable piece has been voiced the model waits: the caller waits
     for that audio alone, and the two would share the cores. A failure (or no first
     word within ``timeout_s``) ends the reply with ``fallback_line`` if nothing was
-    said yet, and is noted on the reply (``llm_failed``).
+    said yet, and is noted on the reply (``llm_failed``); so does a stream that stalls
+    for ``timeout_s`` between two words (the caller keeps what was said).
 
     ``guards`` (a :class:`~stages.guards.ReplyConfig`; None: none) keep a small model
     from repeating an earlier reply of the call (held while it matches one, regenerated
@@ -264,15 +269,14 @@ class Responder(Stage[Any, Any]):
         reply.answered_by = self.llm.name or "llm"
         messages = reply.prompt(heard.text)
         earlier = [m.content for m in reply.history if m.role == "assistant"]
-        said = False
         try:
-            said, repeated = await self._attempt(heard, messages, earlier, outbox)
+            _, repeated = await self._attempt(heard, messages, earlier, outbox)
             if repeated:
                 self.regenerated += 1
                 reply.mark("regenerated")
                 _note(reply, "repeat")
                 messages = without_replies(messages, repeated)
-                said, repeated = await self._attempt(heard, messages, earlier, outbox)
+                _, repeated = await self._attempt(heard, messages, earlier, outbox)
             if repeated:
                 assert self.guards is not None
                 self.repeat_fallbacks += 1
@@ -283,7 +287,7 @@ class Responder(Stage[Any, Any]):
             self.failures += 1
             reply.llm_failed = True
             reply.error = str(exc)
-            if not said and self.fallback_line:
+            if not reply.text and self.fallback_line:  # a failure mid-reply keeps its words
                 await self._say_whole(heard, self.fallback_line, outbox)
 
     async def _attempt(
@@ -311,7 +315,10 @@ class Responder(Stage[Any, Any]):
                 await reply.first_audio.wait()
 
         with trio.CancelScope(deadline=trio.current_time() + self.timeout_s) as wait:
-            async with aclosing(self.llm.stream(messages)) as deltas:
+            async with (
+                aclosing(self.llm.stream(messages)) as stream,
+                aclosing(_until_stalled(stream, self.timeout_s)) as deltas,
+            ):
                 async for delta in deltas:
                     reply.mark("llm_first_token")
                     wait.deadline = math.inf
@@ -367,6 +374,23 @@ class Responder(Stage[Any, Any]):
             "cut_long": self.cut_long,
             "held_s": round(self.held_s, 3),
         }
+
+
+async def _until_stalled(deltas: AsyncIterator[str], stall_s: float) -> AsyncIterator[str]:
+    """``deltas`` as they come; :class:`LlmError` if one after the first takes over
+    ``stall_s`` (the first has its own deadline, which TTS waits do not count against;
+    neither do they here: only the wait for the next word does)."""
+    first = True
+    while True:
+        with trio.move_on_after(math.inf if first else stall_s) as waited:
+            try:
+                delta = await anext(deltas)
+            except StopAsyncIteration:
+                return
+        if waited.cancelled_caught:
+            raise LlmError(f"the reply stalled for {stall_s:g} s")
+        first = False
+        yield delta
 
 
 def _note(reply: Reply, guard: str) -> None:

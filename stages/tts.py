@@ -14,8 +14,10 @@ resampler of :mod:`stages.resample` (dropping samples would fold 4-11 kHz
 energy back into the phone band as a metallic hiss), encode with
 :func:`stages.mulaw.encode`.
 
-All of that runs in worker threads under one :class:`trio.CapacityLimiter`
-(``workers`` sentences at a time, from any calls). :meth:`PiperTts.stream`
+All of that runs in worker threads under one limiter (``workers`` sentences at a
+time, from any calls); the first piece of a reply, which its caller waits for in
+silence, is served before later pieces of other replies
+(:class:`~stages.priority.PriorityLimiter`). :meth:`PiperTts.stream`
 yields each sentence's audio the moment it is ready, so the first sentence can
 play while the next is made.
 Cancelling it (a barge-in) returns at once: a sentence already in the worker
@@ -42,6 +44,8 @@ from pipeline.runtime.frames import TELEPHONE_RATE
 from pipeline.runtime.service import Service
 from pipeline.runtime.stage import Outbox, Stage
 from stages.mulaw import encode
+from stages.priority import PriorityLimiter, urgent
+from stages.remote import RemoteOptions
 from stages.resample import resample, to_int16
 
 __all__ = [
@@ -84,13 +88,16 @@ class TextToSpeech(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class TtsConfig:
-    """``[tts]`` of ``bot.toml``: the Piper voice and how it speaks.
+class TtsConfig(RemoteOptions):
+    """``[tts]`` of ``bot.toml``: the voice and how it speaks.
 
-    ``voice``: a Piper ``.onnx`` voice ("" = the bundled en_US-joe-medium);
+    ``voice``: a Piper ``.onnx`` voice ("" = the bundled en_US-joe-medium), or with
+    ``backend = "openai"`` the server's voice name ("" = alloy);
     ``length_scale`` > 1 speaks slower (0: the voice's own); ``threads``: ONNX
-    Runtime threads per sentence (0: every core); ``workers``: sentences synthesized
-    at once, from any calls.
+    Runtime threads per sentence (0: the cores shared among the workers, so
+    ``workers × threads`` fits them); ``workers``: sentences synthesized at once, from
+    any calls. Remote server keys: :class:`~stages.remote.RemoteOptions`,
+    and ``model`` ("" = tts-1), ``response_format`` (wav | pcm), ``pcm_rate`` (of pcm).
     """
 
     voice: str = ""
@@ -98,6 +105,9 @@ class TtsConfig:
     volume: float = 0.9
     threads: int = 0
     workers: int = 1
+    model: str = ""
+    response_format: str = "wav"
+    pcm_rate: int = 24000
 
 
 class PiperTts(Service):
@@ -138,7 +148,7 @@ class PiperTts(Service):
         self.volume = volume
         self.threads = threads
         self.sample_rate = TELEPHONE_RATE
-        self._limiter = trio.CapacityLimiter(max(1, workers))
+        self._limiter = PriorityLimiter(max(1, workers))  # a reply's first piece goes first
         self._voice: Any = None
         self._syn_config: Any = None
         self.voice_name = ""
@@ -154,7 +164,7 @@ class PiperTts(Service):
             config.voice or None,
             length_scale=config.length_scale or None,
             volume=config.volume,
-            threads=config.threads or (os.cpu_count() or 1),
+            threads=config.threads or max(1, (os.cpu_count() or 1) // max(1, config.workers)),
             workers=config.workers,
         )
 
@@ -267,12 +277,20 @@ class Synthesizer(Stage[Any, Any]):
 
     The first piece's audio releases the reply's LLM (``reply.first_audio``), which
     pauses while it is made so the two do not share the cores.
+
+    A piece the voice fails on (:class:`TtsError`, or no audio within ``timeout_s``) is
+    left out, counted and noted on the reply (``error``): the caller hears the rest of
+    the reply, and the call goes on. Any other exception is a bug and ends that call.
     """
 
-    def __init__(self, tts: TextToSpeech, *, name: str | None = None) -> None:
+    def __init__(
+        self, tts: TextToSpeech, *, timeout_s: float = 10.0, name: str | None = None
+    ) -> None:
         super().__init__(name=name)
         self.tts = tts
+        self.timeout_s = timeout_s
         self.pieces = 0
+        self.failures = 0
 
     async def run(self, inbox: trio.MemoryReceiveChannel[Any], outbox: Outbox[Any]) -> None:
         async for frame in inbox:
@@ -281,7 +299,14 @@ class Synthesizer(Stage[Any, Any]):
                 continue
             reply = frame.reply
             try:
-                audio = await self.tts.synthesize(frame.text)
+                with trio.fail_after(self.timeout_s):
+                    with urgent(not reply.first_audio.is_set()):  # the caller hears silence
+                        audio = await self.tts.synthesize(frame.text)
+            except (TtsError, trio.TooSlowError) as exc:
+                self.failures += 1
+                why = str(exc) if isinstance(exc, TtsError) else f"no audio in {self.timeout_s:g} s"
+                reply.error = f"{reply.error}; tts: {why}" if reply.error else f"tts: {why}"
+                continue
             finally:
                 reply.first_audio.set()
             if not audio:
@@ -295,4 +320,4 @@ class Synthesizer(Stage[Any, Any]):
             await outbox.send(out)
 
     def statistics(self) -> dict[str, Any]:
-        return {"pieces": self.pieces}
+        return {"pieces": self.pieces, "failures": self.failures}

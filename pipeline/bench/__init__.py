@@ -20,6 +20,7 @@ from pipeline.bench.instrument import InstrumentedBot, ProbedFrame, StageProbe
 from pipeline.bench.load_caller import speech_like
 from pipeline.bench.loopback import CallerTurn, CallResult, dial, match_records, serve_on_loopback
 from pipeline.bench.models import describe_models
+from pipeline.bench.process_usage import tree_cpu_seconds, tree_memory_mb
 from pipeline.bench.report import (
     cpu_model,
     describe_run,
@@ -61,5 +62,7 @@ __all__ = [
     "speech_like",
     "start_server",
     "table",
+    "tree_cpu_seconds",
+    "tree_memory_mb",
     "write_json",
 ]

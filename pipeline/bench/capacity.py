@@ -38,14 +38,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.bench.capacity_report import plot, print_rows
 from pipeline.bench.models import describe_models
+from pipeline.bench.process_usage import tree_cpu_seconds, tree_memory_mb
 from pipeline.bench.report import (
-    cpu_model,
     describe_run,
     distribution,
     progress,
     save_figure,
-    table,
     write_json,
 )
 from pipeline.bot.config import ConfigError, load_config
@@ -66,7 +66,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CALLS_PER_WORKER = 100
 SERVER_START_TIMEOUT_S = 180.0
 WARM_UP_CALL_S = 10.0  # the voice bot loads four models first
-DEFAULTS = {"voice": {"step": 1, "max_calls": 6}, "parrot": {"step": 25, "max_calls": 200}}
+DEFAULTS = {
+    "voice": {"step": 1, "max_calls": 6, "max_late_pct": None},
+    "parrot": {"step": 25, "max_calls": 200, "max_late_pct": 1.0},
+}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +86,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds to dial a step's calls")
     parser.add_argument("--target-p95", type=float, default=1.5, help="voice-to-voice p95, s")
     parser.add_argument("--max-drops", type=int, default=0, help="packets a step may drop (0)")
+    parser.add_argument(
+        "--max-late-pct",
+        type=float,
+        help="late packets a step may have, %% (parrot 1; voice: not checked)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N (1)")
+    parser.add_argument(
+        "--voices", type=int, default=3, help="caller voice variants, one per call in turn (3)"
+    )
     parser.add_argument("--keep-going", action="store_true", help="run every step")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="write the plots as PNG")
@@ -183,6 +195,7 @@ def caller_argv(
     argv += ["--calls", str(calls), "--seconds", str(seconds), "--out", str(out)]
     seed = zlib.crc32(prefix.encode()) % 997  # reproducible per step and worker
     argv += ["--ramp", str(args.ramp), "--prefix", prefix, "--seed", str(seed)]
+    argv += ["--voices", str(args.voices)]
     if args.audio_files:
         argv += ["--audio", *map(str, args.audio_files)]
     if args.bot == "parrot":
@@ -210,7 +223,8 @@ def run_step(
     prefix = f"s{calls}-"
     workers = math.ceil(calls / CALLS_PER_WORKER)
     shares = [calls // workers + (i < calls % workers) for i in range(workers)]
-    cpu_start, wall_start = process_cpu_seconds(server.pid), time.monotonic()
+    cpu_start, wall_start = tree_cpu_seconds(server.pid), time.monotonic()
+    memory: list[dict[str, float]] = []
     outs, callers = [], []
     for index, share in enumerate(shares):
         out = workdir / f"callers-{calls}-{index}.json"
@@ -222,12 +236,13 @@ def run_step(
     cpu_now = cpu_start
     while any(c.poll() is None for c in callers) and time.monotonic() < deadline:
         time.sleep(0.25)
-        cpu_now = process_cpu_seconds(server.pid, cpu_now)
+        cpu_now = tree_cpu_seconds(server.pid, cpu_now)
         if time.monotonic() >= next_report:
+            memory.append(tree_memory_mb(server.pid) or {})
             elapsed = time.monotonic() - wall_start
             progress(f"  {calls} calls: {elapsed:4.0f} s, server CPU {cpu_now - cpu_start:.1f} s")
             next_report += 5
-    cpu = process_cpu_seconds(server.pid, cpu_now) - cpu_start
+    cpu = tree_cpu_seconds(server.pid, cpu_now) - cpu_start
     wall = time.monotonic() - wall_start
     for caller in callers:
         if caller.poll() is None:
@@ -242,7 +257,10 @@ def run_step(
         if sum(line.get("message") == "call ended" for line in lines) >= answered:
             break
         time.sleep(0.2)
-    return summarise_step(calls, reports, lines, cpu=cpu, wall=wall, args=args)
+    row = summarise_step(calls, reports, lines, cpu=cpu, wall=wall, args=args)
+    for key in ("rss", "pss"):  # the step's peak, sampled every 5 s while calls run
+        row[f"server_{key}_mb"] = max((sample.get(key, 0.0) for sample in memory), default=None)
+    return row
 
 
 def summarise_step(
@@ -280,6 +298,7 @@ def summarise_step(
         "packets_dropped": sum(line.get("packets_dropped", 0) for line in ended),
         "media_packets": sum(line.get("media_packets", 0) for line in ended),
         "jitter_late": sum(j.get("late", 0) for j in jitter),
+        "late_packets_pct": _percent(sum(j.get("late", 0) for j in jitter), ended),
         "jitter_concealed": sum(j.get("concealed", 0) for j in jitter),
         "calls_ended_logged": len(ended),
         "server_cpu_s": round(cpu, 2),
@@ -294,8 +313,15 @@ def summarise_step(
         "caller_errors": sorted({r["error"] for r in records if r["error"]})[:5],
         "wall_s": round(wall, 1),
     }
-    row["meets_target"], row["misses"] = meets_target(row, args.target_p95, args.max_drops)
+    row["meets_target"], row["misses"] = meets_target(
+        row, args.target_p95, args.max_drops, max_late_pct=args.max_late_pct
+    )
     return row
+
+
+def _percent(late: int, ended: Sequence[dict[str, Any]]) -> float | None:
+    packets = sum(line.get("media_packets", 0) for line in ended)
+    return round(100 * late / packets, 3) if packets else None
 
 
 def _p95_with_misses(latencies: Sequence[float], misses: int) -> float | None:
@@ -307,10 +333,13 @@ def _p95_with_misses(latencies: Sequence[float], misses: int) -> float | None:
 
 
 def meets_target(
-    row: dict[str, Any], target_p95_s: float, max_drops: int
+    row: dict[str, Any], target_p95_s: float, max_drops: int, *, max_late_pct: float | None = None
 ) -> tuple[bool, list[str]]:
     """Whether a step met the target, and if not, why (in words)."""
     misses = []
+    late = row.get("late_packets_pct")
+    if max_late_pct is not None and late is not None and late > max_late_pct:
+        misses.append(f"{late:.2f}% packets late > {max_late_pct:g}%")
     if row["calls_answered"] < row["calls_placed"]:
         misses.append(f"{row['calls_placed'] - row['calls_answered']} calls not answered")
     if row["packets_dropped"] > max_drops:
@@ -329,7 +358,7 @@ def meets_target(
 
 def _server_argv(args: argparse.Namespace) -> list[str]:
     argv = [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", "0"]
-    argv += ["--bot", args.bot, "--log-level", "info"]
+    argv += ["--bot", args.bot, "--log-level", "info", "--workers", str(args.workers)]
     if args.bot == "voice":
         options = [
             ("--config", args.config_path),
@@ -349,6 +378,8 @@ def _resolve(args: argparse.Namespace) -> None:
     args.step = args.step or defaults["step"]
     args.max_calls = args.max_calls or defaults["max_calls"]
     args.start = args.start or args.step
+    if args.max_late_pct is None:
+        args.max_late_pct = defaults["max_late_pct"]
     demo = DEMO_AUDIO
     args.audio_files = args.audio
     args.config_path = args.config
@@ -374,6 +405,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             server, url, log = start_server(children, _server_argv(args), workdir)
             if args.bot == "voice":
                 warm_up(children, url, args, workdir)
+            args.idle_memory = tree_memory_mb(server.pid)  # models loaded, no call
             for calls in steps(args.start, args.step, args.max_calls):
                 progress(f"step: {calls} concurrent calls for {args.seconds:g} s")
                 row = run_step(children, server, url, log, calls, args, workdir)
@@ -396,108 +428,6 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     finally:
         children.stop_all()
     return rows
-
-
-def print_rows(rows: Sequence[dict[str, Any]], best: int | None, args: argparse.Namespace) -> None:
-    print(f"\n{args.bot} bot capacity over loopback, {os.cpu_count()} cores ({cpu_model()})")
-    header = [
-        "calls",
-        "answered",
-        "dropped",
-        "srv ms CPU/call-s",
-        "srv cores",
-        "turns",
-        "v2v p50",
-        "v2v p95",
-        "target",
-    ]
-    body = [
-        [
-            row["calls_placed"],
-            f"{row['calls_answered']}/{row['calls_placed']}",
-            row["packets_dropped"],
-            row["server_cpu_ms_per_call_second"],
-            None if row["server_cores_used"] is None else f"{row['server_cores_used']:.2f}",
-            f"{row['turns_answered']}/{row['turns_spoken']}",
-            row["voice_to_voice_ms"]["p50"],
-            row["voice_to_voice_ms"]["p95"],
-            "met" if row["meets_target"] else "missed",
-        ]
-        for row in rows
-    ]
-    print(table(header, body))
-    goal = "zero drops" if args.max_drops == 0 else f"<= {args.max_drops} drops"
-    goal += f", voice-to-voice p95 <= {args.target_p95:g} s, every call answered"
-    answer = "none" if best is None else str(best)
-    print(f"\nlargest number of concurrent calls meeting the target ({goal}): {answer}")
-
-
-def plot(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (cpu_axis, latency_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    calls = [row["calls_placed"] for row in rows]
-    cpu_axis.plot(
-        calls, [row["server_cpu_ms_per_call_second"] for row in rows], "o-", label="server"
-    )
-    cpu_axis.plot(
-        calls,
-        [row["caller_cpu_ms_per_call_second"] for row in rows],
-        "s:",
-        label="callers (emulator)",
-    )
-    cores = cpu_axis.twinx()
-    cores.plot(
-        calls,
-        [row["server_cores_used"] for row in rows],
-        "^--",
-        color="gray",
-        label="server cores used",
-    )
-    cores.set_ylabel("server cores used")
-    cores.set_ylim(bottom=0)
-    cores.legend(fontsize=8, loc="upper right")
-    cpu_axis.set_xlabel("concurrent calls")
-    cpu_axis.set_ylabel("CPU ms per call-second")
-    cpu_axis.set_ylim(bottom=0)
-    cpu_axis.set_title("CPU per call-second")
-    cpu_axis.legend(fontsize=8, loc="upper left")
-    cpu_axis.grid(True, alpha=0.3)
-    for key, label in (("p50", "voice-to-voice p50"), ("p95", "voice-to-voice p95")):
-        values = [row["voice_to_voice_ms"][key] for row in rows]
-        latency_axis.plot(calls, [np.nan if v is None else v for v in values], "o-", label=label)
-    latency_axis.axhline(
-        args.target_p95 * 1000,
-        color="red",
-        linewidth=0.8,
-        label=f"target p95 {args.target_p95:g} s",
-    )
-    for row in rows:
-        if row["packets_dropped"] or not row["meets_target"]:
-            latency_axis.annotate(
-                f"{row['packets_dropped']} dropped",
-                (row["calls_placed"], row["voice_to_voice_ms"]["p95"] or 0),
-                fontsize=7,
-                textcoords="offset points",
-                xytext=(0, 8),
-                ha="center",
-            )
-    latency_axis.set_xlabel("concurrent calls")
-    latency_axis.set_ylabel("ms (caller side)")
-    latency_axis.set_ylim(bottom=0)
-    latency_axis.set_title("voice-to-voice at the callers")
-    latency_axis.legend(fontsize=8)
-    latency_axis.grid(True, alpha=0.3)
-    figure.suptitle(
-        f"voicegraph bench capacity: {args.bot} bot, {args.seconds:g} s calls, "
-        f"{os.cpu_count()} cores ({cpu_model()})",
-        fontsize=10,
-    )
-    figure.tight_layout()
-    return figure
 
 
 def main(args: argparse.Namespace) -> int:
@@ -538,10 +468,13 @@ def main(args: argparse.Namespace) -> int:
                 for r in rows
             },
             **{f"calls_{r['calls_placed']}.packets_dropped": r["packets_dropped"] for r in rows},
+            **{f"calls_{r['calls_placed']}.server_pss_mb": r["server_pss_mb"] for r in rows},
+            "server_idle_memory_mb": getattr(args, "idle_memory", None),
         },
         "target": {
             "voice_to_voice_p95_s": args.target_p95,
             "max_drops": args.max_drops,
+            "max_late_pct": args.max_late_pct,
             "every_call_answered": True,
         },
         "rows": rows,
@@ -554,6 +487,8 @@ def main(args: argparse.Namespace) -> int:
         "seconds_per_call": args.seconds,
         "ramp_s": args.ramp,
         "calls_per_caller_process": CALLS_PER_WORKER,
+        "server_workers": args.workers,
+        "caller_voices": args.voices,
     }
     if args.json:
         document = describe_run(

@@ -10,8 +10,10 @@ and hold a conversation: after a random start (so calls do not all speak at once
 speak a turn, wait for the bot's answer and its playout, pause, speak the next,
 until the call's time is up. Turns are the given audio files (the voice bot needs
 real speech) or, without them, 1-1.5 s of speech-like noise (enough for the parrot's
-energy gate). Calls are dialled over ``--ramp`` seconds, as calls arrive on a real
-server.
+energy gate). ``--voices K`` gives the calls K voices in turn: the turns played
+slower or faster (0.88x to 1.14x, pitch and tempo together, like a different
+speaker's register), so calls do not all send the same audio. Calls are dialled over
+``--ramp`` seconds, as calls arrive on a real server.
 
 Per call it records whether it was answered, the registration time, turns spoken,
 voice-to-voice latency of every answered turn (end of the caller's speech to the
@@ -42,8 +44,10 @@ import trio
 from pipeline.caller.audiofile import load_audio
 from pipeline.caller.emulator import EmulatedCall, RegistrationError, open_call
 from pipeline.runtime.frames import TELEPHONE_RATE
+from stages.resample import resample
 
 NOISE_TURN_S = (1.0, 1.5)
+VOICE_SPEEDS = (0.88, 1.14)  # the slowest and fastest voice variant
 LAG_PROBE_S = 0.01
 LOOPBACK = ("ws://127.", "ws://localhost", "ws://[::1]")
 
@@ -53,6 +57,7 @@ class CallRecord:
     """What one emulated call saw (times in ms; ``dialled_at_s`` from the worker's start)."""
 
     call_id: str
+    voice: int = 0
     dialled_at_s: float = math.nan
     registered: bool = False
     registration_ms: float | None = None
@@ -83,6 +88,19 @@ def noise_turns(count: int, seed: int) -> list[np.ndarray]:
     return [
         speech_like(int((low + (high - low) * i / max(1, count - 1)) * TELEPHONE_RATE), seed + i)
         for i in range(count)
+    ]
+
+
+def voice_variants(turns: Sequence[np.ndarray], voices: int) -> list[list[np.ndarray]]:
+    """``voices`` versions of ``turns``, played at speeds spread evenly over VOICE_SPEEDS
+    (resampled, then sent at 8 kHz); one voice: the turns as recorded."""
+    if voices < 1:
+        raise ValueError(f"voices must be at least 1, not {voices}")
+    low, high = VOICE_SPEEDS
+    speeds = [1.0] if voices == 1 else list(np.linspace(low, high, voices))
+    return [
+        [resample(turn, TELEPHONE_RATE, round(TELEPHONE_RATE / speed)) for turn in turns]
+        for speed in speeds
     ]
 
 
@@ -189,7 +207,11 @@ async def _probe_loop_lag(lags: list[float]) -> None:
 async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     turns = [load_audio(p) for p in args.audio] if args.audio else noise_turns(6, args.seed)
-    records = [CallRecord(call_id=f"{args.prefix}{index:04d}") for index in range(args.calls)]
+    voices = voice_variants(turns, args.voices)
+    records = [
+        CallRecord(call_id=f"{args.prefix}{index:04d}", voice=index % len(voices))
+        for index in range(args.calls)
+    ]
     lags: list[float] = []
     cpu_before, wall_before = cpu_seconds(), time.monotonic()
     start = trio.current_time()
@@ -207,7 +229,7 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
                             start=start,
                             delay=args.ramp * index / max(1, args.calls),
                             seconds=args.seconds,
-                            turns=turns,
+                            turns=voices[record.voice],
                             rng=random.Random(rng.getrandbits(32)),
                             pause=args.pause,
                             reply_timeout=args.reply_timeout,
@@ -246,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--prefix", default="load-", help="callId prefix (unique per worker)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--voices", type=int, default=1, help="voice variants, call by call")
     parser.add_argument("--registration-timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
     if not args.url.startswith(LOOPBACK):

@@ -4,15 +4,22 @@ One bot answers every path, or ``--route PATH=BOT.TOML`` (repeated) puts one bot
 WebSocket path, as the platform assigns one voicebot URL per number; other paths are
 refused with 404. The same port answers the platform's call webhooks
 (``--webhook-path``) and ``GET /health``.
+
+Safe by default (:func:`check_exposure`): without a key it listens on loopback only,
+``--record`` needs a webhook secret, and ``--insecure-open`` is the one way to run
+without them, announced at start-up. Bounded (:func:`apply_limits`): the soft limit on
+open files is raised to the hard one and the connection cap kept below it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,12 +31,22 @@ from pipeline.bot.events_socket import serve_events
 from pipeline.bot.messages import ConversationBus
 from pipeline.bot.sharing import share_models
 from pipeline.runtime.errors import VoicegraphError
+from pipeline.server.auth import is_loopback
 from pipeline.server.call import Bot
 from pipeline.server.http_front import normalize_path
+from pipeline.server.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    connections_within_fd_limit,
+    raise_fd_limit,
+)
 from pipeline.server.logs import configure_logging
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
+from pipeline.server.workers import Supervisor, serve_as_worker, worker_index
 
 BOTS = ("voice", "parrot")
+
+logger = logging.getLogger("voicegraph.serve")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +82,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="VALUE",
         help="its value (default from VOICEGRAPH_WEBHOOK_VALUE)",
     )
+    add_security_arguments(parser)
     parser.add_argument("--registration-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--inactivity-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    add_worker_arguments(parser)
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of :func:`check_exposure` and :func:`apply_limits`."""
+    parser.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help="run open on purpose: listen beyond loopback without --api-key, or --record "
+        "without a webhook secret (a warning is printed at start-up)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"open connections of every kind; more get 503 (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--max-connections-per-source",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        metavar="N",
+        help="open connections from one address; more get 503 "
+        f"(default {DEFAULT_MAX_CONNECTIONS_PER_SOURCE})",
+    )
 
 
 def add_bot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +209,18 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    refusal = check_exposure(args)
+    if refusal:
+        print(f"voicegraph serve: {refusal}", file=sys.stderr)
+        return 2
+    if args.max_connections < 1 or args.max_connections_per_source < 1:
+        print("voicegraph serve: connection limits must be at least 1", file=sys.stderr)
+        return 2
     configure_logging(args.log_level)
+    if args.workers != 1 and worker_index() is None:
+        return serve_with_workers(args)
+    warn_if_open(args)
+    max_connections = apply_limits(args.max_connections)
     try:
         if args.route and args.config is not None:
             raise ConfigError("--config and --route do not mix: give each route its own file")
@@ -189,17 +244,84 @@ def main(args: argparse.Namespace) -> int:
         webhook_header=args.webhook_header,
         webhook_value=args.webhook_value,
         record_dir=args.record,
+        max_connections=max_connections,
+        max_connections_per_source=args.max_connections_per_source,
     )
     server = VoiceStreamServer(config, bot, bots=bots)
     if args.bot == "voice":  # conversation events of every call, same key as the calls
         server.add_websocket_route(
             "/events", partial(serve_events, bus=messages, api_key=config.api_key)
         )
-    message = run_reporting_startup_errors(serve_until_signalled, server)
+    message = run_reporting_startup_errors(serve_as_worker(serve_until_signalled), server)
     if message:
         print(f"voicegraph serve: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def listens_beyond_loopback(host: str) -> bool:
+    """True unless ``host`` is a loopback address or ``localhost`` ("" and 0.0.0.0 are every
+    interface)."""
+    return host.lower() != "localhost" and not (host and is_loopback(host))
+
+
+def check_exposure(args: argparse.Namespace) -> str | None:
+    """Why ``serve`` must not start as asked (None: it may). Open by mistake is the
+    failure this prevents: without a key, whoever reaches the port can follow every
+    call's conversation on ``/events`` and make the bot say anything (``sendMessage``);
+    with ``--record`` and no webhook secret, anyone can make it create folders."""
+    if args.insecure_open:
+        return None
+    if listens_beyond_loopback(args.host) and not args.api_key:
+        return (
+            f"refusing to listen on {args.host} without an API key: anyone who reaches "
+            "the port could join calls, follow them on /events and make the bot speak. "
+            "Give --api-key (or VOICEGRAPH_SERVE_API_KEY), or --insecure-open to run "
+            "open on purpose"
+        )
+    if args.record is not None and not (args.webhook_header and args.webhook_value):
+        return (
+            "--record needs a webhook secret (--webhook-header and --webhook-value): "
+            "every accepted webhook writes into the call's folder. Or --insecure-open "
+            "to record with webhooks open on purpose"
+        )
+    return None
+
+
+def warn_if_open(args: argparse.Namespace) -> None:
+    """With ``--insecure-open``, say loudly what is open, on stderr and in the log."""
+    if not args.insecure_open:
+        return
+    open_parts = []
+    if listens_beyond_loopback(args.host) and not args.api_key:
+        open_parts.append(f"calls, /events and sendMessage on {args.host} need no key")
+    if not (args.webhook_header and args.webhook_value):
+        open_parts.append("webhooks need no secret")
+    if not open_parts:
+        return
+    what = "; ".join(open_parts)
+    warning = f"voicegraph serve: WARNING: running open on purpose (--insecure-open): {what}"
+    print(warning, file=sys.stderr)
+    logger.warning("running open on purpose", extra={"open": open_parts})
+
+
+def apply_limits(max_connections: int) -> int:
+    """Raise the open-files limit (logged) and return the connection cap that fits it."""
+    limits = raise_fd_limit()
+    if limits is None:
+        return max_connections
+    before, after = limits
+    fitting = connections_within_fd_limit(max_connections, after)
+    logger.info(
+        "open files limit",
+        extra={"soft_before": before, "soft_now": after, "max_connections": fitting},
+    )
+    if fitting < max_connections:
+        logger.warning(
+            "connection cap lowered to fit the open files limit",
+            extra={"asked": max_connections, "cap": fitting, "fd_limit": after},
+        )
+    return fitting
 
 
 STARTUP_ERRORS = (VoicegraphError, OSError)
@@ -251,3 +373,36 @@ async def serve_until_signalled(server: VoiceStreamServer) -> None:
             async for _ in signals:
                 server.shutdown()
                 break
+
+
+# --- several worker processes (--workers) ---------------------------------------------
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: see :mod:`pipeline.server.workers`."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT), supervised by this one; "
+        "each loads its own models (default 1; see README, Sizing a machine)",
+    )
+
+
+def serve_with_workers(args: argparse.Namespace) -> int:
+    """Be the parent of ``--workers N``: run this same command line N times as workers
+    on one reserved port, restart any that crash, stop them all on SIGTERM/SIGINT."""
+    if args.workers < 1:
+        print("voicegraph serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    argv = [sys.executable, "-m", "pipeline", *sys.argv[1:]]
+    with tempfile.TemporaryDirectory(prefix="voicegraph-fleet-") as fleet:
+        try:
+            supervisor = Supervisor(
+                argv, args.workers, host=args.host, port=args.port, fleet_dir=Path(fleet)
+            )
+        except OSError as exc:
+            print(f"voicegraph serve: cannot reserve port {args.port}: {exc}", file=sys.stderr)
+            return 2
+        return trio.run(supervisor.run)

@@ -18,6 +18,7 @@ import trio
 from stages.llm import EchoLlm, LlmBackend, LlmError, Message, complete, create_llm
 from stages.llm_local import LlamaCppLlm
 from stages.llm_openai import OpenAiCompatibleLlm, chat_completions_url
+from stages.llm_pool import LlmShed
 
 HELLO = [Message("system", "You are terse."), Message("user", "What time do you open?")]
 
@@ -303,7 +304,7 @@ async def test_stream_before_setup_and_bad_url_are_llm_errors() -> None:
 
 @pytest.fixture(scope="module")
 def smollm2() -> LlamaCppLlm:
-    llm = LlamaCppLlm(max_tokens=24, temperature=0.0, seed=0)
+    llm = LlamaCppLlm(max_tokens=24, temperature=0.0, seed=0, contexts=2)
     llm.load()
     return llm
 
@@ -335,13 +336,48 @@ async def test_local_generation_stops_promptly_when_cancelled(smollm2: LlamaCppL
         assert (await complete(smollm2, messages)).strip()
 
 
-async def test_local_replies_to_concurrent_calls_do_not_interleave(smollm2: LlamaCppLlm) -> None:
-    # One model has one KV cache: a second call's reply must wait for the first to end.
+async def test_local_replies_to_concurrent_calls_run_side_by_side(smollm2: LlamaCppLlm) -> None:
+    # Two contexts: two calls' replies are generated at once, and a call's next turn
+    # goes back to the context holding its conversation. (Greedy text is not compared
+    # with a reply made alone: llama-cpp's reuse of a cached prefix changes it, with one
+    # context as with two.)
+    system = Message("system", "You are terse.")
+    questions = [
+        [system, Message("user", "Name a fruit.")],
+        [system, Message("user", "Name a color.")],
+    ]
+    busy: list[int] = []
+    texts = ["", ""]
+    waited = smollm2.statistics()["waited"]
+
+    async def ask(index: int) -> None:
+        async for delta in smollm2.stream(questions[index]):
+            busy.append(smollm2.statistics()["busy_contexts"])
+            texts[index] += delta
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, 0)
+            nursery.start_soon(ask, 1)
+    assert all(text.strip() for text in texts), texts
+    assert smollm2.statistics()["waited"] == waited, "neither reply waited for the other"
+    assert busy[0] == 2, "both contexts were generating when the first token came"
+    hits = smollm2.statistics()["affinity_hits"]
+    follow_up = [*questions[0], Message("assistant", texts[0]), Message("user", "Another.")]
+    with trio.fail_after(60):
+        await complete(smollm2, follow_up)
+    assert smollm2.statistics()["affinity_hits"] == hits + 1
+
+
+async def test_local_single_context_replies_do_not_interleave() -> None:
+    # One context has one KV cache: a second call's reply waits for the first to end.
+    llm = LlamaCppLlm(max_tokens=12, temperature=0.0, seed=0, contexts=1)
+    llm.load()
     questions = [[Message("user", "Name a fruit.")], [Message("user", "Name a color.")]]
     order: list[int] = []
 
     async def ask(index: int) -> None:
-        async for _ in smollm2.stream(questions[index]):
+        async for _ in llm.stream(questions[index]):
             order.append(index)
             await trio.lowlevel.checkpoint()  # let the other call try to get in
 
@@ -349,10 +385,44 @@ async def test_local_replies_to_concurrent_calls_do_not_interleave(smollm2: Llam
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask, 0)
             nursery.start_soon(ask, 1)
+    await llm.aclose()
     assert set(order) == {0, 1}
     first = order[0]
     switch = order.index(1 - first)
     assert order[switch:] == [1 - first] * (len(order) - switch), order
+
+
+async def test_local_speculative_reply_is_shed_when_no_context_is_free(
+    smollm2: LlamaCppLlm,
+) -> None:
+    question = [Message("user", "Count from one to twenty.")]
+    shed: list[LlmShed] = []
+    release = trio.Event()
+
+    async def committed(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with aclosing(smollm2.stream(question)) as deltas:
+            async for _ in deltas:
+                task_status.started()  # generating: its context is busy
+                await release.wait()
+                break
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committed)
+            await nursery.start(committed)  # both contexts busy now
+            try:
+                await complete_speculative(smollm2, question)
+            except LlmShed as exc:
+                shed.append(exc)
+            release.set()
+    assert len(shed) == 1
+    assert smollm2.statistics()["speculative_shed"] >= 1
+    with trio.fail_after(60):  # idle contexts again: a speculative reply runs
+        assert (await complete_speculative(smollm2, question)).strip()
+
+
+async def complete_speculative(llm: LlamaCppLlm, messages: list[Message]) -> str:
+    return "".join([delta async for delta in llm.stream(messages, speculative=True)])
 
 
 async def test_local_model_missing_or_broken_is_a_clear_error_at_setup(tmp_path: Path) -> None:
