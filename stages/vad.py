@@ -423,11 +423,19 @@ class VadStage(Stage[PcmAudio, VadFrame]):
     The input must be gap-free (the jitter buffer conceals gaps), so window positions
     are counted from the first frame's ``start_sample``. A final partial window is
     zero-padded for the model, but its frame holds only the real samples.
+
+    A call cannot hear its caller without the VAD, so a failing one ends the call (1011)
+    and no other: its error passes through, and a window with no answer within
+    ``timeout_s`` (a hung service) raises :class:`VadError` rather than leaving the
+    caller talking to a bot that never answers.
     """
 
-    def __init__(self, service: VoiceActivityDetector, *, name: str | None = None) -> None:
+    def __init__(
+        self, service: VoiceActivityDetector, *, timeout_s: float = 5.0, name: str | None = None
+    ) -> None:
         super().__init__(name=name)
         self.service = service
+        self.timeout_s = timeout_s
         self.windows = 0
 
     async def run(self, inbox: trio.MemoryReceiveChannel[PcmAudio], outbox: Outbox[VadFrame]):
@@ -461,7 +469,11 @@ class VadStage(Stage[PcmAudio, VadFrame]):
         start: int,
         source: PcmAudio,
     ) -> VadFrame:
-        probability = await stream.probability(window)
+        try:
+            with trio.fail_after(self.timeout_s):
+                probability = await stream.probability(window)
+        except trio.TooSlowError:
+            raise VadError(f"the VAD gave no answer within {self.timeout_s:g} s") from None
         self.windows += 1
         out = VadFrame(
             samples=kept,

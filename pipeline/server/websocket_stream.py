@@ -53,7 +53,9 @@ class WebSocketStream(trio.abc.Stream):
         self.transport_stream = stream
         self._replay = replay
         self._on_protocol_error = on_protocol_error
-        self._connection: WebSocketConnection | None = None
+        # weak: _STREAMS's key is the connection, and a value holding its own key strongly
+        # would keep every connection (and its call) alive for ever
+        self._connection: weakref.ref[WebSocketConnection] | None = None
         self._wsproto: WSConnection | None = None
         self.protocol_error: CloseReason | None = None
 
@@ -61,9 +63,10 @@ class WebSocketStream(trio.abc.Stream):
         """The close code and reason of a frame-level error found on this socket, if any."""
         if self.protocol_error is not None:
             return self.protocol_error
-        if self._connection is None or self._wsproto is None:
+        connection = self._connection() if self._connection is not None else None
+        if connection is None or self._wsproto is None:
             return None
-        closed = self._connection.closed
+        closed = connection.closed
         if closed is not None and self._wsproto.state is ConnectionState.OPEN:
             return closed  # closed by a parse failure: no close frame went either way
         return None
@@ -107,7 +110,7 @@ class WebSocketStream(trio.abc.Stream):
             await self.transport_stream.send_all(data)
 
     def _attach(self, connection: WebSocketConnection, protocol: WSConnection) -> None:
-        self._connection = connection
+        self._connection = weakref.ref(connection)
         self._wsproto = protocol
         _STREAMS[connection] = self
 
