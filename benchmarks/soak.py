@@ -350,9 +350,13 @@ async def drive(port: int, options: argparse.Namespace, speech: dict[str, np.nda
 # --- analysis -------------------------------------------------------------------------------
 
 
-def growth(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Linear fit of each metric against completed calls over the steady samples."""
+def growth(samples: list[dict[str, Any]], *, second_half: bool = False) -> dict[str, Any]:
+    """Linear fit of each metric against completed calls over the steady samples (or
+    their second half: the server keeps the summaries of its last 1,000 calls, a
+    bounded history that grows until it is full and must not be taken for a leak)."""
     steady = [s for s in samples if s["phase"] == "steady"]
+    if second_half:
+        steady = steady[len(steady) // 2 :]
     if len(steady) < 4:
         return {"error": "fewer than 4 steady samples: run longer or sample more often"}
     calls = np.array([s["completed"] for s in steady], dtype=float)
@@ -435,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "completed": dict(soak.completed),
         "outcomes": dict(sorted(soak.outcomes.items())),
         "growth": growth(soak.samples),
+        "growth_second_half": growth(soak.samples, second_half=True),
         "idle": {m: soak.samples[0][m] for m in METRICS},
         "after": {m: soak.samples[-1][m] for m in METRICS},
         "server_exit_code": exit_code,
