@@ -202,6 +202,10 @@ def word_evidence(text: str | None) -> WordEvidence:
             return WordEvidence(UNFINISHED_WEAK, "a number being dictated")
     if question_mark:
         return WordEvidence(FINISHED_STRONG, "a question")
+    if last in {"thanks", "please", "bye", "goodbye"} or phrase.endswith(
+        ("thank you", "thank you very much", "thanks a lot")
+    ):
+        return WordEvidence(FINISHED_STRONG - 1.0, "a closing courtesy")
     if words[0] in _QUESTION_STARTS and len(words) >= 3:
         return WordEvidence(FINISHED_STRONG - 1.0, "worded as a question")
     clause = list(dropwhile(lambda word: word in _DISCOURSE, words))  # "So I was ..."
@@ -209,8 +213,6 @@ def word_evidence(text: str | None) -> WordEvidence:
         return WordEvidence(FINISHED_CLAUSE, "a complete clause")
     if raw.endswith((".", "!")) and len(words) >= 3:
         return WordEvidence(FINISHED_WEAK, "a sentence")
-    if last in {"thanks", "please", "bye", "goodbye"} or phrase.endswith("thank you"):
-        return WordEvidence(FINISHED_STRONG - 1.0, "a closing courtesy")
     return WordEvidence()
 
 

@@ -56,6 +56,14 @@ def test_a_question_or_short_answer_overrides_an_unsure_model(text):
     assert POLICY.judge(None, text).verdict is Verdict.COMPLETE
 
 
+@pytest.mark.parametrize("text", ["Thank you. Goodbye.", "Okay, thanks.", "Thank you very much."])
+def test_a_goodbye_after_another_sentence_is_still_a_goodbye(text):
+    """Measured: the demo's "Thank you. Goodbye." was taken for a plain sentence and,
+    with an unsure model, waited 2 s for max_wait before the bot said goodbye."""
+    assert word_evidence(text).reason == "a closing courtesy"
+    assert POLICY.judge(0.2, text).verdict is Verdict.COMPLETE
+
+
 def test_a_question_or_short_answer_wins_even_against_the_surest_model():
     """Measured: Smart Turn said 0.011 for an espeak voice's plain "No."."""
     for text in ("What time do you open?", "No", "Yes."):
