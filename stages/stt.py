@@ -86,6 +86,7 @@ __all__ = [
     "Transcript",
     "TranscriptFrame",
     "bundled_model_path",
+    "hallucination",
     "open_stt_service",
     "repetition",
     "trim_loop",
@@ -179,6 +180,30 @@ class TranscriptFrame(Frame):
 
 def _normal_words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def hallucination(
+    text: str,
+    *,
+    avg_logprob: float,
+    no_speech_prob: float,
+    level_dbfs: float,
+    no_speech_threshold: float,
+    log_prob_threshold: float,
+    silence_dbfs: float,
+    phantom_phrases: frozenset[str] | set[str],
+) -> str | None:
+    """Why a transcript is Whisper's invention rather than speech, or None: the local
+    service and a remote server's answers go through the same guard."""
+    if not text:
+        return None
+    if no_speech_prob > no_speech_threshold and avg_logprob < log_prob_threshold:
+        return "no speech"
+    phrase = " ".join(_normal_words(text))
+    near_silent = level_dbfs < silence_dbfs + 15.0
+    if phrase in phantom_phrases and (near_silent or no_speech_prob > 0.5):
+        return "phantom phrase"
+    return None
 
 
 def repetition(text: str) -> str | None:
@@ -490,19 +515,16 @@ class SttService(Service):
         return None
 
     def _hallucination(self, decoded: _Decoded, level_dbfs: float) -> str | None:
-        config = self.config
-        if not decoded.text:
-            return None
-        if (
-            decoded.no_speech_prob > config.no_speech_threshold
-            and decoded.avg_logprob < config.log_prob_threshold
-        ):
-            return "no speech"
-        phrase = " ".join(_normal_words(decoded.text))
-        near_silent = level_dbfs < config.silence_dbfs + 15.0
-        if phrase in config.phantom_phrases and (near_silent or decoded.no_speech_prob > 0.5):
-            return "phantom phrase"
-        return None
+        return hallucination(
+            decoded.text,
+            avg_logprob=decoded.avg_logprob,
+            no_speech_prob=decoded.no_speech_prob,
+            level_dbfs=level_dbfs,
+            no_speech_threshold=self.config.no_speech_threshold,
+            log_prob_threshold=self.config.log_prob_threshold,
+            silence_dbfs=self.config.silence_dbfs,
+            phantom_phrases=self.config.phantom_phrases,
+        )
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -44,6 +44,7 @@ from stages.stt import (
     SttConfig,
     SttService,
     Transcript,
+    hallucination,
     vocabulary_prompt,
 )
 
@@ -182,15 +183,16 @@ class RemoteStt(Service):
     def _hallucination(
         self, text: str, avg_logprob: float, no_speech_prob: float, level_dbfs: float
     ) -> str | None:
-        if not text:
-            return None
-        if no_speech_prob > self.no_speech_threshold and avg_logprob < self.log_prob_threshold:
-            return "no speech"
-        phrase = " ".join("".join(c for c in text.lower() if c.isalnum() or c in "' ").split())
-        near_silent = level_dbfs < self.silence_dbfs + 15.0
-        if phrase in self.phantom_phrases and (near_silent or no_speech_prob > 0.5):
-            return "phantom phrase"
-        return None
+        return hallucination(
+            text,
+            avg_logprob=avg_logprob,
+            no_speech_prob=no_speech_prob,
+            level_dbfs=level_dbfs,
+            no_speech_threshold=self.no_speech_threshold,
+            log_prob_threshold=self.log_prob_threshold,
+            silence_dbfs=self.silence_dbfs,
+            phantom_phrases=self.phantom_phrases,
+        )
 
     def statistics(self) -> dict[str, Any]:
         return {
