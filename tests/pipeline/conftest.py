@@ -72,7 +72,10 @@ async def serve_process(*arguments: str) -> AsyncIterator[tuple[trio.Process, di
     try:
         line = b""
         while not line.endswith(b"\n"):
-            line += await process.stdout.receive_some(1)
+            chunk = await process.stdout.receive_some(1)
+            if not chunk:  # the server exited before it listened: say so, do not spin
+                raise RuntimeError(f"{' '.join(command)} exited before listening: {line!r}")
+            line += chunk
         yield process, json.loads(line)
     finally:
         if process.returncode is None:
