@@ -106,6 +106,7 @@ FAMILIES = [
     ("pipeline.platform.rest", "PlatformTimeout", CallError, Exception),
     ("pipeline.platform.rest", "UnexpectedResponse", CallError, Exception),
     ("pipeline.bot.messages", "ConversationEnded", CallError, RuntimeError),
+    ("pipeline.bot.redis_bus", "BusUnavailable", ServiceError, RuntimeError),
 ]
 
 

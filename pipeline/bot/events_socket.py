@@ -24,6 +24,12 @@ server → client
     ``requestId`` that is not a short string or an integer, ``metadata`` over
     :data:`MAX_METADATA_BYTES`. A message over 1 MB closes the socket with 1009.
 
+With ``serve --bus`` (:mod:`pipeline.bot.redis_bus`) the socket of any worker or host
+follows the calls of the whole fleet, and ``sendMessage`` reaches a call wherever it
+runs; its result adds 503 (the bus or the call's worker cannot be reached) and 504 (that
+worker did not answer in time) to the codes of
+:meth:`~pipeline.bot.messages.ConversationBus.send_message`.
+
 A client that reads slowly loses events (counted, reported), never slows a call. A
 channel is a ``callId``, not a connection: a client following a call that the platform
 re-dials sees ``call.state`` ``disconnected`` and then ``connected`` again, and keeps

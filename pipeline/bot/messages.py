@@ -19,6 +19,12 @@ and its channel with it: opening a channel whose id is live publishes ``disconne
 to the new one from then on, and the old channel's later state changes are not
 published (its ``disconnected`` would read as the end of the new call). A dashboard
 following a ``callId`` thus always ends on the state of the connection that has it.
+
+Past one process, a :class:`FleetLink` (``serve --bus``: :class:`~pipeline.bot.redis_bus.
+RedisBus`) joins the buses of every worker and host: it mirrors this bus's events to the
+others and hands theirs to :meth:`ConversationBus.deliver_remote` (local subscribers see
+every call of the fleet, each event once), keeps the call directory as channels open and
+close, and carries an operator's message to the worker that holds the call.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ __all__ = [
     "ConversationEnded",
     "ConversationEvent",
     "ErrorData",
+    "FleetLink",
     "MessageNew",
     "SendResult",
     "Speaker",
@@ -64,7 +71,10 @@ FINISHED_CHANNELS_KEPT = 10_000
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    """Now, to the millisecond: what the wire form carries, so that an event read back
+    from another worker is equal to the one published."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def _iso(moment: datetime) -> str:
@@ -198,6 +208,33 @@ class Speaker(Protocol):
     """What can speak into a call: :class:`~pipeline.bot.conversation.Conversation`."""
 
     async def say(self, text: str, metadata: Mapping[str, Any] | None = None) -> TurnRecord: ...
+
+
+class FleetLink(Protocol):
+    """What joins this bus to the other workers' (see :mod:`pipeline.bot.redis_bus`).
+
+    The synchronous hooks must not wait: they run on a call's path.
+    """
+
+    def mirror(self, event: ConversationEvent) -> None:
+        """Share a local call's event with the fleet."""
+
+    def channel_opened(self, channel_id: str) -> None:
+        """A call is live here now: list it in the directory."""
+
+    def channel_closed(self, channel_id: str) -> None:
+        """A call that was live here has ended: take it out of the directory."""
+
+    async def send_remote(
+        self,
+        channel_id: str,
+        content: str,
+        metadata: dict[str, Any],
+        parent_id: str | None,
+    ) -> SendResult:
+        """Have whichever worker holds ``channel_id`` say ``content``; its result (404 when
+        no worker holds it)."""
+        ...
 
 
 class Subscription:
@@ -353,8 +390,17 @@ class ConversationBus:
         self._subscribers: set[Subscription] = set()
         self._channels: dict[str, CallChannel] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self.link: FleetLink | None = None
         self.published = 0
+        self.received = 0  # events of other workers' calls (through the link)
         self.dropped = 0  # events lost by subscribers that fell behind, all time
+
+    def attach(self, link: FleetLink | None) -> None:
+        """Join the fleet through ``link`` (None: leave it); channels live now are listed."""
+        self.link = link
+        if link is not None:
+            for channel_id in self._channels:
+                link.channel_opened(channel_id)
 
     # --- channels -------------------------------------------------------------------
 
@@ -374,6 +420,8 @@ class ConversationBus:
         channel = CallChannel(self, channel_id, speaker, origin)
         self._channels[channel_id] = channel
         self._finished.pop(channel_id, None)
+        if self.link is not None:
+            self.link.channel_opened(channel_id)
         try:
             yield channel
         finally:
@@ -383,6 +431,18 @@ class ConversationBus:
                 self._finished[channel_id] = None
                 while len(self._finished) > FINISHED_CHANNELS_KEPT:
                     self._finished.popitem(last=False)
+                if self.link is not None:
+                    self.link.channel_closed(channel_id)
+
+    def channel_taken(self, channel_id: str) -> bool:
+        """Another worker now holds ``channel_id`` (the platform re-dialled there): the
+        channel here is replaced, silently (the new holder publishes the call's states
+        from now on), and forgotten. False if there was no such channel."""
+        channel = self._channels.pop(channel_id, None)
+        if channel is None:
+            return False
+        channel.replaced = channel.closed = True
+        return True
 
     def live_channels(self) -> list[str]:
         return list(self._channels)
@@ -390,8 +450,23 @@ class ConversationBus:
     # --- events ---------------------------------------------------------------------
 
     def publish(self, event: ConversationEvent) -> None:
-        """Hand ``event`` to every interested subscriber without waiting."""
+        """Hand a local call's ``event`` to every interested subscriber, and to the fleet,
+        without waiting."""
         self.published += 1
+        self._deliver(event)
+        if self.link is not None:
+            self.link.mirror(event)
+
+    def deliver_remote(self, event: ConversationEvent) -> None:
+        """Hand another worker's ``event`` to the subscribers here (not back to the fleet)."""
+        self.received += 1
+        self._deliver(event)
+
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscribers)
+
+    def _deliver(self, event: ConversationEvent) -> None:
         for subscription in list(self._subscribers):
             if subscription.wants(event.channel_id):
                 subscription._deliver(event)
@@ -417,12 +492,17 @@ class ConversationBus:
         metadata: Mapping[str, Any] | None = None,
         *,
         parent_id: str | None = None,
+        local_only: bool = False,
     ) -> SendResult:
         """Have the bot say ``content`` in call ``channel_id``; return once it was sent.
 
+        A call that is not here goes to the worker that holds it, through the link
+        (unless ``local_only``: how a worker answers such a request).
+
         Errors (never raised, returned): 400 bad channel id, content or metadata, 413
         content over :data:`MAX_CONTENT_CHARS`, 404 no such call, 410 the call has ended,
-        422 nothing speakable in the content.
+        422 nothing speakable in the content; through a link also 503 (the bus or the
+        holder cannot be reached) and 504 (the holder did not answer in time).
         """
         if not isinstance(channel_id, str) or not channel_id:
             return SendResult.failed(400, "channelId must be a non-empty string")
@@ -436,8 +516,15 @@ class ConversationBus:
             return SendResult.failed(400, "parentId must be a string")
         channel = self._channels.get(channel_id)
         if channel is None:
+            ended = SendResult.failed(410, f"call {channel_id!r} has ended")
+            if self.link is not None and not local_only:  # maybe re-dialled elsewhere
+                result = await self.link.send_remote(
+                    channel_id, content.strip(), dict(metadata or {}), parent_id
+                )
+                lost = result.status.error_data and result.status.error_data.status_code == 404
+                return ended if lost and channel_id in self._finished else result
             if channel_id in self._finished:
-                return SendResult.failed(410, f"call {channel_id!r} has ended")
+                return ended
             return SendResult.failed(404, f"no call with channelId {channel_id!r}")
         try:
             return await channel.say(content.strip(), dict(metadata or {}), parent_id)
@@ -447,6 +534,7 @@ class ConversationBus:
     def statistics(self) -> dict[str, Any]:
         return {
             "published": self.published,
+            "received": self.received,
             "subscribers": len(self._subscribers),
             "dropped": self.dropped,
             "live_channels": len(self._channels),
