@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,8 @@ class VoiceBot:
         self.conversations: dict[str, Conversation] = {}
         self.finished: deque[tuple[str, list[TurnRecord]]] = deque(maxlen=100)
         self.greeting: tuple[str, bytes] | None = None
+        # called with every finished turn of every call (metrics: pipeline.bot.turn_metrics)
+        self.turn_observers: list[Callable[[TurnRecord], None]] = []
 
     async def prepare_greeting(self, tts: TextToSpeech) -> tuple[str, bytes] | None:
         """The same greeting opens every call: make its audio once, at start-up."""
@@ -174,7 +176,7 @@ class VoiceBot:
                 guards=self.config.reply,
             ),
             SpeechSplitter(),
-            Synthesizer(services.tts),
+            Synthesizer(services.tts, fallback_line=conversation.fallback_line),
         ]
         return edited(stages, self.reply_edits)
 
@@ -203,6 +205,7 @@ class VoiceBot:
         with self.messages.open_channel(call.call_id, conversation, call.started_at) as channel:
             channel.state(CallState.CONNECTING)
             conversation.observers.append(channel.turn_finished)
+            conversation.observers.extend(self.turn_observers)
             ending, reason = CallState.DISCONNECTED, None
             try:
                 async with call.open_pipeline(*stages) as chain:
