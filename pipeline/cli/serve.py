@@ -3,7 +3,7 @@
 One bot answers every path, or ``--route PATH=BOT.TOML`` (repeated) puts one bot per
 WebSocket path, as the platform assigns one voicebot URL per number; other paths are
 refused with 404. The same port answers the platform's call webhooks
-(``--webhook-path``) and ``GET /health``.
+(``--webhook-path``), ``GET /health`` and ``GET /metrics`` (Prometheus).
 
 Safe by default (:func:`check_exposure`): without a key it listens on loopback only,
 ``--record`` needs a webhook secret, and ``--insecure-open`` is the one way to run
@@ -29,10 +29,13 @@ import trio
 from pipeline.bot.config import BotConfig, ConfigError, load_config
 from pipeline.bot.events_socket import serve_events
 from pipeline.bot.messages import ConversationBus
+from pipeline.bot.redis_bus import serve_on_bus
 from pipeline.bot.sharing import share_models
+from pipeline.bot.turn_metrics import TurnMetrics, voice_bot_of
 from pipeline.runtime.errors import VoicegraphError
 from pipeline.server.auth import is_loopback
 from pipeline.server.call import Bot
+from pipeline.server.drain import DEFAULT_DRAIN_TIMEOUT, Drain
 from pipeline.server.http_front import normalize_path
 from pipeline.server.limits import (
     DEFAULT_MAX_CONNECTIONS,
@@ -41,6 +44,7 @@ from pipeline.server.limits import (
     raise_fd_limit,
 )
 from pipeline.server.logs import configure_logging
+from pipeline.server.prometheus import Metrics, serve_metrics
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from pipeline.server.workers import Supervisor, serve_as_worker, worker_index
 
@@ -86,6 +90,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registration-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--inactivity-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT or POST /admin/drain: refuse new calls (503), let live "
+        "calls go on this long, then close them with 1001 and exit (0: close at once; "
+        f"a second signal: at once; default {DEFAULT_DRAIN_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--bus",
+        default=os.environ.get("VOICEGRAPH_BUS"),
+        metavar="redis://HOST:PORT",
+        help="share conversation events (/events), the call directory (sendMessage) and "
+        "GET /health/fleet with every worker and host on this Redis/Valkey; default "
+        "from VOICEGRAPH_BUS, else in-process only",
+    )
     add_worker_arguments(parser)
 
 
@@ -216,6 +237,9 @@ def main(args: argparse.Namespace) -> int:
     if args.max_connections < 1 or args.max_connections_per_source < 1:
         print("voicegraph serve: connection limits must be at least 1", file=sys.stderr)
         return 2
+    if args.drain_timeout < 0:
+        print("voicegraph serve: --drain-timeout must be 0 or more", file=sys.stderr)
+        return 2
     configure_logging(args.log_level)
     if args.workers != 1 and worker_index() is None:
         return serve_with_workers(args)
@@ -248,15 +272,33 @@ def main(args: argparse.Namespace) -> int:
         max_connections_per_source=args.max_connections_per_source,
     )
     server = VoiceStreamServer(config, bot, bots=bots)
+    metrics = add_metrics(server, messages)
     if args.bot == "voice":  # conversation events of every call, same key as the calls
         server.add_websocket_route(
             "/events", partial(serve_events, bus=messages, api_key=config.api_key)
         )
-    message = run_reporting_startup_errors(serve_as_worker(serve_until_signalled), server)
+    serve = partial(serve_until_signalled, drain_timeout=args.drain_timeout)
+    if args.bus:  # the fleet's events, call directory and sendMessage on Redis
+        serve = serve_on_bus(serve, args.bus, messages)
+    message = run_reporting_startup_errors(serve_as_worker(metrics.around(serve)), server)
     if message:
         print(f"voicegraph serve: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_metrics(server: VoiceStreamServer, messages: ConversationBus) -> Metrics:
+    """``GET /metrics`` (the calls' key): the server's calls and transport, the voice bots'
+    turns (:mod:`pipeline.server.prometheus`, :mod:`pipeline.bot.turn_metrics`)."""
+    metrics = serve_metrics(server)
+    bots = list(server.bots.values()) if server.bots else [server.bot]
+    voice_bots = [bot for bot in bots if voice_bot_of(bot) is not None]
+    if voice_bots:  # the parrot has no turns: no empty turn series
+        turns = TurnMetrics(metrics)
+        for bot in voice_bots:
+            turns.watch(bot)
+        turns.watch_bus(messages)
+    return metrics
 
 
 def listens_beyond_loopback(host: str) -> bool:
@@ -351,13 +393,18 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return leaves
 
 
-async def serve_until_signalled(server: VoiceStreamServer) -> None:
-    """Serve until SIGINT or SIGTERM, then close every call with 1001 and return.
+async def serve_until_signalled(server: VoiceStreamServer, drain_timeout: float = 0.0) -> None:
+    """Serve until SIGINT or SIGTERM (or ``POST /admin/drain``), drain for at most
+    ``drain_timeout`` seconds (:mod:`pipeline.server.drain`), close what is left with 1001
+    and return; a second signal closes at once.
 
     The first stdout line says where: the WebSocket URL (and one per route), the
     webhook URL and the health URL.
     """
     config = server.config
+    in_fleet = worker_index() is not None
+    drain = Drain(server, drain_timeout, supervisor_pid=os.getppid() if in_fleet else None)
+    drain.install()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             listening = await nursery.start(server.serve)
@@ -370,9 +417,7 @@ async def serve_until_signalled(server: VoiceStreamServer) -> None:
             ready["webhooks"] = f"{http}://{base}{normalize_path(config.webhook_path)}"
             ready["health"] = f"{http}://{base}/health"
             print(json.dumps(ready), flush=True)
-            async for _ in signals:
-                server.shutdown()
-                break
+            await drain.run(signals)
 
 
 # --- several worker processes (--workers) ---------------------------------------------
@@ -390,6 +435,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DRAIN_MARGIN_S = 10.0
+"""How long the parent of ``--workers`` waits past the drain deadline before it kills a
+worker: closing the last calls (5 s at most each, in parallel) and the bots' shutdown."""
+
+
 def serve_with_workers(args: argparse.Namespace) -> int:
     """Be the parent of ``--workers N``: run this same command line N times as workers
     on one reserved port, restart any that crash, stop them all on SIGTERM/SIGINT."""
@@ -400,7 +450,12 @@ def serve_with_workers(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="voicegraph-fleet-") as fleet:
         try:
             supervisor = Supervisor(
-                argv, args.workers, host=args.host, port=args.port, fleet_dir=Path(fleet)
+                argv,
+                args.workers,
+                host=args.host,
+                port=args.port,
+                fleet_dir=Path(fleet),
+                stop_grace_s=args.drain_timeout + DRAIN_MARGIN_S,
             )
         except OSError as exc:
             print(f"voicegraph serve: cannot reserve port {args.port}: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ the live :class:`Call` handed to a bot, structured logs. It knows bots only by t
 """
 
 from pipeline.server.call import Bot, Call, CallStatistics
+from pipeline.server.drain import Drain
 from pipeline.server.editing import EditedBot, with_stages
 from pipeline.server.http_front import (
     HttpHandler,
@@ -14,6 +15,7 @@ from pipeline.server.http_front import (
 )
 from pipeline.server.limits import ConnectionLimits, RateLimitedLog, raise_fd_limit
 from pipeline.server.logs import configure_logging, redact_number
+from pipeline.server.prometheus import Metrics, ServerMetrics, serve_metrics
 from pipeline.server.recordings import call_folder
 from pipeline.server.voice_stream import ServerConfig, VoiceStreamServer
 from pipeline.server.webhooks import PlatformEvent, WebhookReceiver
@@ -23,14 +25,17 @@ __all__ = [
     "Call",
     "CallStatistics",
     "ConnectionLimits",
+    "Drain",
     "EditedBot",
     "HttpHandler",
     "HttpRequest",
     "HttpResponse",
     "Listening",
+    "Metrics",
     "PlatformEvent",
     "RateLimitedLog",
     "ServerConfig",
+    "ServerMetrics",
     "VoiceStreamServer",
     "WebSocketHandler",
     "WebhookReceiver",
@@ -38,5 +43,6 @@ __all__ = [
     "configure_logging",
     "raise_fd_limit",
     "redact_number",
+    "serve_metrics",
     "with_stages",
 ]

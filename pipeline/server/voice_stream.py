@@ -20,6 +20,7 @@ a message over 16 kB, unregistered 1009 (the 1 MB applies after ``connected``)
 the bot or a stage raised          1011 "internal error"; other calls go on
 a re-dial of a live callId         1008 "replaced by a new connection" (to the old one)
 server shutdown (SIGINT/SIGTERM)   1001 "server going away" (every live connection)
+a new call while draining          HTTP 503 before the upgrade (:mod:`.drain`)
 =================================  ==========================================
 
 A re-dial (a second connection registering a callId that is still live) replaces
@@ -198,6 +199,10 @@ class VoiceStreamServer:
         self._registered: dict[str, _Connection] = {}  # callId -> the connection holding it now
         self._route_scopes: set[trio.CancelScope] = set()  # live extra-route connections
         self._shutdown = trio.Event()
+        # each finished call's summary (close code, reason, statistics): for metrics
+        self.call_observers: list[Callable[[dict[str, Any]], None]] = []
+        self.draining = False  # set by start_draining(): new calls get 503 (see .drain)
+        self._connection_gone = trio.lowlevel.ParkingLot()  # woken when a call socket ends
         self.counters: dict[str, int] = {
             "connections": 0,
             "calls": 0,
@@ -207,6 +212,7 @@ class VoiceStreamServer:
             "protocol_errors": 0,
             "inactivity_timeouts": 0,
             "internal_errors": 0,
+            "refused_draining": 0,
         }
         self.front = HttpFront(
             max_message_size=config.max_message_size,
@@ -267,12 +273,13 @@ class VoiceStreamServer:
         """Liveness for anyone; the call count and routes for the key's holder (or, with
         no key set, for this host): they tell an outsider what is worth probing."""
         offered = credentials_from_request(request.target, _raw_headers(request))
+        status, code = ("draining", 503) if self.draining else ("ok", 200)
         if not is_trusted(self.config.api_key, offered, request.peer):
-            return HttpResponse.json(200, {"status": "ok"})
+            return HttpResponse.json(code, {"status": status})
         return HttpResponse.json(
-            200,
+            code,
             {
-                "status": "ok",
+                "status": status,
                 "calls": len(self.calls),
                 "bots": sorted(self.bots) if self.bots else ["*"],
             },
@@ -353,6 +360,15 @@ class VoiceStreamServer:
     def shutdown(self) -> None:
         self._shutdown.set()
 
+    def start_draining(self) -> None:
+        """Take no new calls (503 before the upgrade), ``/health`` 503; live calls go on."""
+        self.draining = True
+
+    async def wait_until_idle(self) -> None:
+        """Return once no call socket is open (registered or not)."""
+        while self._connections:
+            await self._connection_gone.park()
+
     def _end_call(self, call_id: str, code: int, reason: str) -> None:
         """End the live call registered as ``call_id`` (if any) with ``code``."""
         connection = self._registered.get(call_id)
@@ -362,6 +378,11 @@ class VoiceStreamServer:
     async def _handle_connection(self, request: WebSocketRequest, *, bot: Bot) -> None:
         """One connection, start to end. Never raises: one bad call must not touch others."""
         self.counters["connections"] += 1
+        if self.draining:  # before the upgrade: a load balancer retries another front-end
+            self.counters["refused_draining"] += 1
+            headers = [(b"retry-after", b"1"), (b"content-type", b"application/json")]
+            await request.reject(503, extra_headers=headers, body=b'{"error": "draining"}')
+            return
         offered = credentials_from_request(request.path, request.headers)
         ws = await request.accept()
         if not is_authorized(self.config.api_key, offered):
@@ -384,6 +405,7 @@ class VoiceStreamServer:
         finally:
             connection.bot_done.set()  # before the close, which a half-dead socket may stall
             self._connections.discard(connection)
+            self._connection_gone.unpark_all()
             if connection.closing is not None:
                 code, reason = connection.closing
             if connection.call is not None:
@@ -482,6 +504,8 @@ class VoiceStreamServer:
         summary = {"code": int(code), "reason": reason, **call.statistics()}
         self.finished_calls.append(summary)
         call.log.info("call ended", extra=summary)
+        for observer in self.call_observers:
+            observer(summary)
 
     async def _supervise(
         self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call, bot: Bot

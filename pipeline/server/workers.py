@@ -26,7 +26,9 @@ itself gracefully: its heartbeat checks. Not ``PR_SET_PDEATHSIG``, which follows
 the parent *thread*, and Trio spawns from a worker thread that exits when idle),
 restarts one that exits (after 0.5 s, doubling to 10 s while it keeps failing
 within a minute of starting), forwards SIGTERM/SIGINT to every worker for a graceful
-stop (calls closed with 1001), kills what is left after a grace period, and exits 0.
+stop (each drains: :mod:`pipeline.server.drain`) and a second signal too (stop at once),
+restarts none of them then, kills what is left after a grace period (the drain deadline
+and a margin), and exits 0.
 A worker that fails before it ever listened (a bad model path, a port in use) stops
 the fleet with that worker's exit status: restarting would fail the same way.
 
@@ -34,7 +36,9 @@ Health: ``GET /health`` stays per worker (the one the kernel gave the connection
 ``GET /health/workers`` answers for the fleet, from any worker: the parent keeps
 ``fleet.json`` (each worker's pid, restarts) and every worker writes a heartbeat
 (its live calls, once a second) in a private directory; a worker is alive when its
-heartbeat is fresh and from the pid the parent started. Like ``/health``'s details
+heartbeat is fresh and from the pid the parent started. ``GET /metrics`` also answers
+for the fleet: the parent gives the workers one ``PROMETHEUS_MULTIPROC_DIR``
+(:mod:`pipeline.server.prometheus`). Like ``/health``'s details
 it is for the key's holder (or, with no key set, this host); others get
 ``{"status": "ok"}``.
 """
@@ -50,7 +54,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -59,6 +63,7 @@ import trio
 
 from pipeline.server.auth import credentials_from_request, is_trusted
 from pipeline.server.http_front import HttpRequest, HttpResponse
+from pipeline.server.prometheus import MULTIPROC_DIR_ENV, fleet_metrics_dir, forget_worker
 
 __all__ = [
     "FLEET_DIR_ENV",
@@ -277,6 +282,7 @@ class Supervisor:
         self._reserved = reserve_port(host, port)
         self.port = self._reserved.getsockname()[1]
         self.workers = [_Worker(index) for index in range(workers)]
+        self.metrics_dir = fleet_metrics_dir(fleet_dir)  # /metrics: the fleet's totals
         self.stopping = False
 
     async def run(self) -> int:
@@ -291,7 +297,10 @@ class Supervisor:
                         nursery.start_soon(self._announce)
                         async for signum in signals:
                             logger.info("stopping workers", extra={"signal": signum})
-                            await self._stop(signum)
+                            async with trio.open_nursery() as stopping:
+                                stopping.start_soon(self._forward, signals)  # a second one
+                                await self._stop(signum)
+                                stopping.cancel_scope.cancel()
                             nursery.cancel_scope.cancel()
                             break
                 except* _StartupFailed as group:
@@ -332,6 +341,7 @@ class Supervisor:
                 **os.environ,
                 WORKER_INDEX_ENV: str(worker.index),
                 FLEET_DIR_ENV: str(self.fleet_dir),
+                MULTIPROC_DIR_ENV: str(self.metrics_dir),
             }
             process = await trio.lowlevel.open_process(
                 [*self.argv, "--port", str(self.port)],
@@ -346,6 +356,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_stdout, worker, process)
                 returncode = await process.wait()
+            forget_worker(process.pid, self.metrics_dir)  # its live gauges; counts stay
             if self.stopping:
                 return
             if worker.listening is None:
@@ -376,6 +387,14 @@ class Supervisor:
                         continue
                 sys.stdout.buffer.write(line + b"\n")
                 sys.stdout.flush()
+
+    async def _forward(self, signals: AsyncIterator[int]) -> None:
+        """While the workers stop, pass every further signal on (a second one: at once)."""
+        async for signum in signals:
+            for worker in self.workers:
+                if worker.process is not None and worker.process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.process.send_signal(signum)
 
     async def _stop(self, signum: int) -> None:
         """Forward ``signum`` to every worker; kill those still running after the grace."""

@@ -128,7 +128,7 @@ async def test_shutdown_closes_every_live_connection_with_1001(nursery):
 
 async def test_sigterm_after_a_redial_closes_the_live_call_with_1001_and_exits_0():
     with trio.fail_after(60):
-        async with serve_process("--bot", "parrot") as (process, ready):
+        async with serve_process("--bot", "parrot", "--drain-timeout", "0") as (process, ready):
             async with (
                 open_call(ready["url"], call_id="re-5") as first,
                 open_call(ready["url"], call_id="re-5") as second,

@@ -201,8 +201,8 @@ async def test_protocol_violation_closes_1002(parrot):
 
 
 async def test_sigterm_closes_calls_with_1001_and_exits_0():
-    with trio.fail_after(60):
-        async with serve_process("--bot", "parrot") as (process, ready):
+    with trio.fail_after(60):  # --drain-timeout 0: close at once (draining: test_drain.py)
+        async with serve_process("--bot", "parrot", "--drain-timeout", "0") as (process, ready):
             async with open_call(ready["url"]) as call:
                 await call.speak(quiet(0.2))
                 process.send_signal(signal.SIGTERM)

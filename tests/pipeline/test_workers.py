@@ -136,8 +136,9 @@ async def test_two_workers_share_the_port_and_a_crashed_one_is_restarted_alone()
 
 
 async def test_sigterm_stops_every_worker_gracefully() -> None:
+    fleet_closing_at_once = ("--bot", "parrot", "--workers", "2", "--drain-timeout", "0")
     with trio.fail_after(60):
-        async with serve_process("--bot", "parrot", "--workers", "2") as (process, ready):
+        async with serve_process(*fleet_closing_at_once) as (process, ready):
             async with held_calls(ready["url"], 4) as calls:
                 await fleet_until(port_of(ready), lambda f: f.get("calls") == 4)
                 process.send_signal(signal.SIGTERM)
