@@ -42,10 +42,11 @@ from typing import Any, Protocol, runtime_checkable
 import trio
 
 from pipeline.runtime.dialogue import BotText, CallerText, Message, Reply, Role, SpeakableText
-from pipeline.runtime.errors import LlmError
+from pipeline.runtime.errors import ConfigError, LlmError
 from pipeline.runtime.service import Service
 from pipeline.runtime.stage import Outbox, Stage
 from stages.guards import LengthLimit, RepeatWatch, ReplyConfig, pick_fallback, without_replies
+from stages.llm_pool import LlmShed, speculating
 
 __all__ = [
     "BACKENDS",
@@ -67,6 +68,9 @@ class LlmBackend(Protocol):
 
     :class:`~pipeline.runtime.service.Service` gives ``serving()`` from ``setup()`` and
     ``aclose()``; a backend raises :class:`LlmError` from either when it cannot serve.
+    A backend with few replies at a time (a local model's context pool) serves a reply
+    made inside :func:`~stages.llm_pool.speculating` only on idle capacity, raising
+    :class:`~stages.llm_pool.LlmShed` otherwise; the :class:`Responder` handles it.
     """
 
     name: str
@@ -168,6 +172,18 @@ class LlmConfig:
     threads: int = 0
     contexts: int = 2
 
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.contexts < 1:
+            raise ConfigError(f"contexts must be at least 1, not {self.contexts}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be 0 (every core) or more, not {self.threads}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, not {self.max_tokens}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"timeout_s must be above 0, not {self.timeout_s}")
+
 
 def create_llm(backend: str | LlmConfig, **options: Any) -> LlmBackend:
     """Build a backend from ``[llm]`` (an :class:`LlmConfig`) or by name with options.
@@ -229,6 +245,13 @@ class Responder(Stage[Any, Any]):
     said yet, and is noted on the reply (``llm_failed``); so does a stream that stalls
     for ``timeout_s`` between two words (the caller keeps what was said).
 
+    A reply started before its turn is committed (at a pause, ``reply.committed`` not
+    set) asks the model speculatively (:func:`~stages.llm_pool.speculating`): under load
+    it is shed (:class:`~stages.llm_pool.LlmShed`, counted in ``shed`` and on the reply),
+    and it then waits for the commit and asks again as committed work, losing nothing
+    (a shed reply has said nothing). It stays speculative only until its turn is
+    committed or it has said a word, after which nothing stops it.
+
     ``guards`` (a :class:`~stages.guards.ReplyConfig`; None: none) keep a small model
     from repeating an earlier reply of the call (held while it matches one, regenerated
     once without it, else a fallback line) and from talking past ``max_spoken_words``
@@ -251,6 +274,7 @@ class Responder(Stage[Any, Any]):
         self.fallback_line = fallback_line
         self.guards = guards
         self.failures = 0
+        self.shed = 0  # speculative attempts shed to serve committed replies first
         self.repeats = 0  # attempts found repeating an earlier reply
         self.regenerated = 0
         self.repeat_fallbacks = 0
@@ -294,7 +318,28 @@ class Responder(Stage[Any, Any]):
         self, heard: CallerText, messages: list[Message], earlier: list[str], outbox: Outbox[Any]
     ) -> tuple[bool, list[str]]:
         """Stream one reply to ``messages`` through the guards: (anything said, the earlier
-        replies it repeated, if it did: then nothing of it was said)."""
+        replies it repeated, if it did: then nothing of it was said). Speculative while
+        its turn is not committed and it has said nothing; shed, it waits for the commit."""
+        reply = heard.reply
+
+        def still_speculative() -> bool:
+            return not reply.committed.is_set() and not reply.text
+
+        while True:
+            try:
+                with speculating(still_speculative):
+                    return await self._stream_reply(heard, messages, earlier, outbox)
+            except LlmShed:
+                if not still_speculative():
+                    raise  # committed work is never shed: a backend's failure
+                self.shed += 1
+                reply.llm_shed += 1
+                reply.mark("llm_shed")
+            await reply.committed.wait()
+
+    async def _stream_reply(
+        self, heard: CallerText, messages: list[Message], earlier: list[str], outbox: Outbox[Any]
+    ) -> tuple[bool, list[str]]:
         reply, guards = heard.reply, self.guards
         watch = limit = None
         if guards is not None and guards.no_repeats:
@@ -320,6 +365,8 @@ class Responder(Stage[Any, Any]):
                 aclosing(_until_stalled(stream, self.timeout_s)) as deltas,
             ):
                 async for delta in deltas:
+                    if reply.ended:  # the voice failed, the fallback line was said instead
+                        return said, []  # closing the stream stops the LLM
                     reply.mark("llm_first_token")
                     wait.deadline = math.inf
                     done = False
@@ -368,6 +415,7 @@ class Responder(Stage[Any, Any]):
     def statistics(self) -> dict[str, Any]:
         return {
             "failures": self.failures,
+            "shed": self.shed,
             "repeats": self.repeats,
             "regenerated": self.regenerated,
             "repeat_fallbacks": self.repeat_fallbacks,

@@ -18,15 +18,24 @@ The pool decides three things:
   speculative reply, that reply is asked to stop (:attr:`Slot.preempted`, checked by
   the backend before each token) and its context goes to the committed request.
 
+Who marks a reply speculative: the backend's ``speculative=True``, or, without any
+backend argument, the stage that knows (the responder, for a reply started at a
+pause) with :func:`speculating`, which travels in a context variable as
+:func:`stages.priority.urgent` does. ``speculating(still)`` keeps a reply speculative
+only while ``still()`` is true: once its turn is committed, or once it has said words
+that are on their way to the voice (stopping it then would lose them), it is
+committed work and is neither shed nor stopped.
+
 The pool holds no model itself (``Slot.resource`` is whatever the backend put there),
 so its policy is tested without one.
 """
 
 from __future__ import annotations
 
+import contextvars
 import itertools
-from collections.abc import AsyncIterator, Hashable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +43,29 @@ import trio
 
 from pipeline.runtime.errors import LlmError
 
-__all__ = ["ContextPool", "LlmShed", "Slot", "shared_prefix"]
+__all__ = ["ContextPool", "LlmShed", "Slot", "shared_prefix", "speculating"]
+
+Speculation = Callable[[], bool]
+"""Whether a request is still speculative, asked when it arrives and when it could be
+stopped."""
+
+_SPECULATION: contextvars.ContextVar[Speculation | None] = contextvars.ContextVar(
+    "voicegraph_speculation", default=None
+)
+
+
+def _always() -> bool:
+    return True
+
+
+@contextmanager
+def speculating(still: Speculation = _always) -> Iterator[None]:
+    """Make the replies requested inside the block speculative while ``still()`` holds."""
+    token = _SPECULATION.set(still)
+    try:
+        yield
+    finally:
+        _SPECULATION.reset(token)
 
 
 class LlmShed(LlmError):
@@ -61,9 +92,20 @@ class Slot:
     resource: Any = None
     cached: tuple[Hashable, ...] = ()  # the messages last evaluated, in order
     busy: bool = False
-    speculative: bool = False
-    preempted: bool = False
+    speculation: Speculation | None = None  # None: committed work
+    stop_asked: bool = False
     last_used: int = 0
+
+    @property
+    def speculative(self) -> bool:
+        """Whether the reply holding it is speculative now (it may become committed)."""
+        return self.speculation is not None and self.speculation()
+
+    @property
+    def preempted(self) -> bool:
+        """Whether the backend must stop the reply: asked to, and still speculative (a
+        reply committed since then goes on, and the waiter waits for the next context)."""
+        return self.stop_asked and self.speculative
 
 
 @dataclass(eq=False, slots=True)
@@ -103,8 +145,10 @@ class ContextPool:
             return None
         return max(free, key=lambda slot: (shared_prefix(slot.cached, key), -slot.last_used))
 
-    def _grant(self, slot: Slot, key: tuple[Hashable, ...], speculative: bool) -> Slot:
-        slot.busy, slot.speculative, slot.preempted = True, speculative, False
+    def _grant(
+        self, slot: Slot, key: tuple[Hashable, ...], speculation: Speculation | None
+    ) -> Slot:
+        slot.busy, slot.speculation, slot.stop_asked = True, speculation, False
         slot.last_used = next(self._clock)
         self.granted += 1
         if shared_prefix(slot.cached, key) > 1:
@@ -112,14 +156,14 @@ class ContextPool:
         return slot
 
     def _release(self, slot: Slot) -> None:
-        slot.busy = slot.speculative = slot.preempted = False
+        slot.busy, slot.speculation, slot.stop_asked = False, None, False
         while self._waiters:
             waiter = self._waiters[0]
             free = self._best_free(waiter.key)
             if free is None:
                 break
             self._waiters.pop(0)
-            waiter.granted = self._grant(free, waiter.key, speculative=False)
+            waiter.granted = self._grant(free, waiter.key, None)
             waiter.event.set()
 
     def _preempt_one_speculative(self) -> None:
@@ -128,8 +172,8 @@ class ContextPool:
         if stopping >= len(self._waiters):
             return
         for slot in self.slots:
-            if slot.busy and slot.speculative and not slot.preempted:
-                slot.preempted = True
+            if slot.busy and slot.speculative and not slot.stop_asked:
+                slot.stop_asked = True
                 self.preempted += 1
                 return
 
@@ -140,12 +184,16 @@ class ContextPool:
         """Hold the best context for ``messages`` for the block; on the way out it
         remembers ``messages`` (what its cache now starts with, unless the block says
         otherwise by setting ``slot.cached``). Raises :class:`LlmShed` for a speculative
-        request when every context is busy."""
+        request (``speculative``, or made inside :func:`speculating`) when every context
+        is busy."""
         key = tuple(messages)
+        speculation = _always if speculative else _SPECULATION.get()
+        if speculation is not None and not speculation():
+            speculation = None  # committed by now
         slot = self._best_free(key) if not self._waiters else None
         if slot is not None:
-            self._grant(slot, key, speculative)
-        elif speculative:
+            self._grant(slot, key, speculation)
+        elif speculation is not None:
             self.shed += 1
             raise LlmShed("every LLM context is busy: speculative reply not started")
         else:

@@ -13,13 +13,17 @@ queues needs no new argument::
 
     with urgent(not reply.first_audio.is_set()):
         audio = await tts.synthesize(text)
+
+The flag may also be a predicate, asked when the waiter arrives and each time a token
+is handed on: work that becomes urgent while it waits (a speculative turn's
+transcription, once the turn is committed: ``urgent(reply.committed.is_set)``) moves
+to the urgent lane then, in its original arrival order.
 """
 
 from __future__ import annotations
 
 import contextvars
-import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +32,16 @@ import trio
 
 __all__ = ["PriorityLimiter", "is_urgent", "urgent"]
 
-_URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("voicegraph_urgent", default=False)
+Urgency = bool | Callable[[], bool]
+
+_URGENT: contextvars.ContextVar[Urgency] = contextvars.ContextVar(
+    "voicegraph_urgent", default=False
+)
 
 
 @contextmanager
-def urgent(flag: bool = True) -> Iterator[None]:
-    """Mark the work queued inside the block as urgent (``flag``) or not."""
+def urgent(flag: Urgency = True) -> Iterator[None]:
+    """Mark the work queued inside the block as urgent (``flag``, or while ``flag()``)."""
     token = _URGENT.set(flag)
     try:
         yield
@@ -41,17 +49,20 @@ def urgent(flag: bool = True) -> Iterator[None]:
         _URGENT.reset(token)
 
 
+def _now(flag: Urgency) -> bool:
+    return bool(flag()) if callable(flag) else flag
+
+
 def is_urgent() -> bool:
     """Whether work queued here now is marked urgent."""
-    return _URGENT.get()
+    return _now(_URGENT.get())
 
 
-@dataclass(order=True, slots=True)
+@dataclass(slots=True)
 class _Waiter:
-    lane: int
-    order: int
-    borrower: Any = field(compare=False)
-    event: trio.Event = field(compare=False, default_factory=trio.Event)
+    borrower: Any
+    urgency: Urgency
+    event: trio.Event = field(default_factory=trio.Event)
 
 
 class PriorityLimiter:
@@ -63,7 +74,6 @@ class PriorityLimiter:
         self.total_tokens = total_tokens
         self._borrowers: set[Any] = set()
         self._waiters: list[_Waiter] = []
-        self._order = itertools.count()
         self.urgent_served = 0
         self.jumped = 0  # urgent waiters served before a non-urgent one that came earlier
 
@@ -78,17 +88,14 @@ class PriorityLimiter:
     async def acquire_on_behalf_of(self, borrower: Any) -> None:
         if borrower in self._borrowers:
             raise RuntimeError("this borrower already holds a token of the limiter")
-        urgent_now = _URGENT.get()
+        urgency = _URGENT.get()
         if len(self._borrowers) < self.total_tokens and not self._waiters:
             self._borrowers.add(borrower)
-            self.urgent_served += urgent_now
+            self.urgent_served += _now(urgency)
             await trio.lowlevel.cancel_shielded_checkpoint()  # as CapacityLimiter does
             return
-        waiter = _Waiter(0 if urgent_now else 1, next(self._order), borrower)
-        if urgent_now and any(w.lane == 1 for w in self._waiters):
-            self.jumped += 1
+        waiter = _Waiter(borrower, urgency)
         self._waiters.append(waiter)
-        self._waiters.sort()
         try:
             await waiter.event.wait()
         except BaseException:
@@ -97,7 +104,6 @@ class PriorityLimiter:
             else:
                 self._waiters.remove(waiter)
             raise
-        self.urgent_served += urgent_now
 
     async def acquire(self) -> None:
         await self.acquire_on_behalf_of(trio.lowlevel.current_task())
@@ -105,9 +111,21 @@ class PriorityLimiter:
     def release_on_behalf_of(self, borrower: Any) -> None:
         self._borrowers.remove(borrower)
         while self._waiters and len(self._borrowers) < self.total_tokens:
-            waiter = self._waiters.pop(0)
+            waiter = self._next_waiter()
             self._borrowers.add(waiter.borrower)
             waiter.event.set()
+
+    def _next_waiter(self) -> _Waiter:
+        """The earliest urgent waiter (urgency asked now), else the earliest waiter."""
+        first = self._waiters[0]  # in arrival order
+        chosen = next((w for w in self._waiters if _now(w.urgency)), None)
+        if chosen is None:
+            chosen = first
+        else:
+            self.urgent_served += 1
+            self.jumped += chosen is not first
+        self._waiters.remove(chosen)
+        return chosen
 
     def release(self) -> None:
         self.release_on_behalf_of(trio.lowlevel.current_task())

@@ -6,6 +6,10 @@ A call must outlive one bad transcription: the STT service raising its error
 (``error``, which reaches the turn's log line) and, when the bot has a
 ``fallback_line``, the caller hears it instead of silence. Any other exception is a
 bug, not a service failure: it ends that call (1011) and no other.
+
+A turn's transcription is urgent (:func:`stages.priority.urgent`) once the turn is
+committed: a shared STT serves the turns whose callers wait before the speculative
+ones started at a pause.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import trio
 from pipeline.runtime.dialogue import CallerText, CallerTurn, SpeakableText
 from pipeline.runtime.errors import SttError
 from pipeline.runtime.stage import Outbox, Stage
+from stages.priority import urgent
 
 if TYPE_CHECKING:
     from stages.stt import SpeechToText
@@ -57,7 +62,9 @@ class Transcriber(Stage[Any, Any]):
             reply = frame.reply
             started = trio.current_time()
             try:
-                with trio.fail_after(self.timeout_s):
+                # a committed turn's caller is waiting: it goes before speculative turns
+                # (started at a pause), and a speculative one moves up once committed
+                with trio.fail_after(self.timeout_s), urgent(reply.committed.is_set):
                     transcript = await self.service.transcribe(frame.samples, frame.sample_rate)
             except (SttError, trio.TooSlowError) as exc:
                 reply.transcribed.set()

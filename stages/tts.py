@@ -15,11 +15,11 @@ energy back into the phone band as a metallic hiss), encode with
 :func:`stages.mulaw.encode`.
 
 All of that runs in worker threads under one limiter (``workers`` sentences at a
-time, from any calls); the first piece of a reply, which its caller waits for in
-silence, is served before later pieces of other replies
-(:class:`~stages.priority.PriorityLimiter`). :meth:`PiperTts.stream`
-yields each sentence's audio the moment it is ready, so the first sentence can
-play while the next is made.
+time, from any calls); the first piece of a committed reply, which its caller waits
+for in silence, is served before later pieces of other replies and before replies
+started speculatively at a pause (:class:`~stages.priority.PriorityLimiter`).
+:meth:`PiperTts.stream` yields each sentence's audio the moment it is ready, so the
+first sentence can play while the next is made.
 Cancelling it (a barge-in) returns at once: a sentence already in the worker
 finishes there, holding the limiter, and its audio is dropped.
 """
@@ -280,17 +280,30 @@ class Synthesizer(Stage[Any, Any]):
 
     A piece the voice fails on (:class:`TtsError`, or no audio within ``timeout_s``) is
     left out, counted and noted on the reply (``error``): the caller hears the rest of
-    the reply, and the call goes on. Any other exception is a bug and ends that call.
+    the reply, and the call goes on. With a ``fallback_line``, a failure before any of
+    the reply was voiced (the caller is hearing silence) says that line instead, and the
+    reply ends there (``reply.ended``: the responder stops, later pieces are dropped and
+    counted): the rest after an apology would make no sense, and a remote voice keeps
+    the line cached for this. Any other exception is a bug and ends that call.
     """
 
     def __init__(
-        self, tts: TextToSpeech, *, timeout_s: float = 10.0, name: str | None = None
+        self,
+        tts: TextToSpeech,
+        *,
+        timeout_s: float = 10.0,
+        fallback_line: str = "",
+        name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         self.tts = tts
         self.timeout_s = timeout_s
+        self.fallback_line = fallback_line
         self.pieces = 0
         self.failures = 0
+        self.fallbacks = 0
+        self.dropped = 0  # pieces of a reply that had ended with the fallback line
+        self._voiced: set[int] = set()  # replies (by id) with audio out
 
     async def run(self, inbox: trio.MemoryReceiveChannel[Any], outbox: Outbox[Any]) -> None:
         async for frame in inbox:
@@ -298,26 +311,61 @@ class Synthesizer(Stage[Any, Any]):
                 await outbox.send(frame)
                 continue
             reply = frame.reply
-            try:
-                with trio.fail_after(self.timeout_s):
-                    with urgent(not reply.first_audio.is_set()):  # the caller hears silence
-                        audio = await self.tts.synthesize(frame.text)
-            except (TtsError, trio.TooSlowError) as exc:
-                self.failures += 1
-                why = str(exc) if isinstance(exc, TtsError) else f"no audio in {self.timeout_s:g} s"
-                reply.error = f"{reply.error}; tts: {why}" if reply.error else f"tts: {why}"
+            if reply.ended:
+                self.dropped += 1
                 continue
+            try:
+                audio = await self._voice(frame)
+            except (TtsError, trio.TooSlowError) as exc:
+                self._failed(frame, exc)
+                if not self._fallback_due(frame):
+                    continue
+                reply.text, reply.answered_by, reply.ended = self.fallback_line, "fallback", True
+                frame = SpeakableText(
+                    reply=reply, text=self.fallback_line, captured_at=frame.captured_at
+                )
+                try:
+                    audio = await self._voice(frame)
+                except (TtsError, trio.TooSlowError) as again:
+                    self._failed(frame, again)
+                    continue
+                self.fallbacks += 1
             finally:
                 reply.first_audio.set()
             if not audio:
                 continue
             reply.mark("tts_first_chunk")
             self.pieces += 1
+            self._voiced.add(id(reply))
             out = SpeechAudio(
                 reply=reply, text=frame.text, mulaw=audio, captured_at=frame.captured_at
             )
             out.inherit_timing(frame)
             await outbox.send(out)
 
+    async def _voice(self, frame: SpeakableText) -> bytes:
+        reply = frame.reply
+        # the first piece of a committed reply: its caller hears silence until it is
+        # made (a speculative reply's moves up once its turn is committed)
+        first = id(reply) not in self._voiced
+        with trio.fail_after(self.timeout_s), urgent(first and reply.committed.is_set):
+            return await self.tts.synthesize(frame.text)
+
+    def _failed(self, frame: SpeakableText, exc: Exception) -> None:
+        self.failures += 1
+        reply = frame.reply
+        why = str(exc) if isinstance(exc, TtsError) else f"no audio in {self.timeout_s:g} s"
+        reply.error = f"{reply.error}; tts: {why}" if reply.error else f"tts: {why}"
+
+    def _fallback_due(self, frame: SpeakableText) -> bool:
+        """Whether a failed piece leaves the caller in silence, with a line to say instead."""
+        line = self.fallback_line
+        return bool(line) and frame.text != line and id(frame.reply) not in self._voiced
+
     def statistics(self) -> dict[str, Any]:
-        return {"pieces": self.pieces, "failures": self.failures}
+        return {
+            "pieces": self.pieces,
+            "failures": self.failures,
+            "fallbacks": self.fallbacks,
+            "dropped": self.dropped,
+        }

@@ -42,6 +42,12 @@ __all__ = [
 Role = Literal["system", "user", "assistant"]
 
 
+def _set_event() -> trio.Event:
+    event = trio.Event()
+    event.set()
+    return event
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One turn of the conversation, in the roles every chat model understands."""
@@ -84,6 +90,13 @@ class Reply:
     # set once the STT has run on the turn, words or none (``caller_text`` is then final):
     # the end-of-turn judgement reads the words heard at a pause
     transcribed: trio.Event = field(default_factory=trio.Event)
+    # set once the caller's turn is committed (its end decided): until then the reply is
+    # speculative (started at a pause), and model services serve it after committed work
+    committed: trio.Event = field(default_factory=_set_event)
+    llm_shed: int = 0  # times its speculative LLM request was shed under load
+    # nothing more is said: the voice failed before any of it was heard, and the
+    # fallback line was said instead (the responder stops, later pieces are dropped)
+    ended: bool = False
 
     def mark(self, name: str, now: float | None = None) -> None:
         """Note when a step first happened (later calls for the same step are ignored)."""
