@@ -9,8 +9,10 @@ into a bot's graph, use :func:`pipeline.server.with_stages` and
 
 from pipeline.bench.capacity import (
     Children,
+    cpu_list,
     meets_target,
     process_cpu_seconds,
+    run_ramp,
     server_log,
     sigterm_as_exit,
     start_server,
@@ -43,6 +45,7 @@ __all__ = [
     "StageProbe",
     "Subject",
     "compare_documents",
+    "cpu_list",
     "cpu_model",
     "describe_models",
     "describe_run",
@@ -55,6 +58,7 @@ __all__ = [
     "meets_target",
     "process_cpu_seconds",
     "progress",
+    "run_ramp",
     "save_figure",
     "serve_on_loopback",
     "server_log",

@@ -16,6 +16,11 @@ unanswered counts as infinitely late) is at most ``--target-p95`` seconds. The r
 stops at the first step that misses it (``--keep-going`` runs every step) and
 reports the largest number of calls that met it. Every child process is stopped
 on the way out, whatever happens (and, on Linux, if the bench itself is killed).
+
+``--server-cpus`` / ``--caller-cpus`` pin the server and the callers (and the bench
+itself, while it measures) to separate cores (``sched_setaffinity`` in the child before
+exec; threads and workers inherit it), so "calls per core" means a core the server has
+to itself, not a share of all of them. ``--bus`` is passed to ``serve --bus``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +59,11 @@ from pipeline.demo import DEMO_AUDIO
 __all__ = [
     "Children",
     "configure",
+    "cpu_list",
     "main",
     "meets_target",
     "process_cpu_seconds",
+    "run_ramp",
     "server_log",
     "sigterm_as_exit",
     "start_server",
@@ -64,6 +71,9 @@ __all__ = [
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CALLS_PER_WORKER = 100
+# not ``-m pipeline.bench.load_caller``: the package imports that module first, and runpy
+# warns about running a module already imported
+LOAD_CALLER = "import sys; from pipeline.bench.load_caller import main; sys.exit(main())"
 SERVER_START_TIMEOUT_S = 180.0
 WARM_UP_CALL_S = 10.0  # the voice bot loads four models first
 DEFAULTS = {
@@ -93,12 +103,48 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="serve --workers N (1)")
     parser.add_argument(
+        "--bus", metavar="redis://HOST:PORT", help="serve --bus: the shared event bus (none)"
+    )
+    parser.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        metavar="CPUS",
+        help="pin the server to these cores, e.g. 0 or 0-1 (default: not pinned)",
+    )
+    parser.add_argument(
+        "--caller-cpus",
+        type=cpu_list,
+        metavar="CPUS",
+        help="pin the load callers to these cores, e.g. 1 (default: not pinned)",
+    )
+    parser.add_argument(
         "--voices", type=int, default=3, help="caller voice variants, one per call in turn (3)"
     )
     parser.add_argument("--keep-going", action="store_true", help="run every step")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="write the plots as PNG")
     parser.set_defaults(bench_main=main)
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """``0``, ``0-3`` or ``0,2`` (as taskset -c takes them) as a set of cores this
+    machine has (not only those this process may use: the bench pins itself to the
+    callers' cores); anything else is an argparse error."""
+    cores: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            cores.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a core list like 0 or 0-1 or 0,2: {text!r}"
+        ) from None
+    machine = set(range(os.cpu_count() or 1))
+    if not cores or not cores <= machine:
+        raise argparse.ArgumentTypeError(
+            f"cores {text!r} are not all among this machine's cores {sorted(machine)}"
+        )
+    return frozenset(cores)
 
 
 # --- child processes ----------------------------------------------------------------
@@ -110,14 +156,29 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _child_setup(cpus: frozenset[int] | None) -> Callable[[], None]:
+    """What a child runs before exec: die with the bench, and stay on ``cpus`` if given
+    (its threads and children inherit the affinity)."""
+
+    def setup() -> None:
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 class Children:
     """Every process the bench started; all are stopped on the way out."""
 
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, preexec_fn=_die_with_parent, **kwargs)
+    def start(
+        self, argv: Sequence[str], cpus: frozenset[int] | None = None, **kwargs: Any
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` (on ``cpus`` only, if given); it is stopped by :meth:`stop_all`."""
+        process = subprocess.Popen(argv, preexec_fn=_child_setup(cpus), **kwargs)
         self.processes.append(process)
         return process
 
@@ -153,12 +214,13 @@ def process_cpu_seconds(pid: int, default: float = 0.0) -> float:
 
 
 def start_server(
-    children: Children, argv: Sequence[str], workdir: Path
+    children: Children, argv: Sequence[str], workdir: Path, cpus: frozenset[int] | None = None
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """``voicegraph serve`` on a free loopback port; its URL once it reports listening."""
+    """``voicegraph serve`` on a free loopback port (on ``cpus`` only, if given); its URL
+    once it reports listening."""
     log, ready = workdir / "server.log", workdir / "server.out"
     with ready.open("wb") as out, log.open("wb") as err:
-        server = children.start(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        server = children.start(argv, cpus, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         text = ready.read_text()
@@ -191,7 +253,7 @@ def server_log(path: Path, prefix: str) -> list[dict[str, Any]]:
 def caller_argv(
     args: argparse.Namespace, url: str, calls: int, seconds: float, prefix: str, out: Path
 ) -> list[str]:
-    argv = [sys.executable, "-m", "pipeline.bench.load_caller", "--url", url]
+    argv = [sys.executable, "-c", LOAD_CALLER, "--url", url]
     argv += ["--calls", str(calls), "--seconds", str(seconds), "--out", str(out)]
     seed = zlib.crc32(prefix.encode()) % 997  # reproducible per step and worker
     argv += ["--ramp", str(args.ramp), "--prefix", prefix, "--seed", str(seed)]
@@ -207,7 +269,8 @@ def warm_up(children: Children, url: str, args: argparse.Namespace, workdir: Pat
     """One uncounted call: the first inference of each model is slow, once per server."""
     progress("warm-up call (not counted)")
     argv = caller_argv(args, url, 1, WARM_UP_CALL_S, "warmup-", workdir / "warmup.json")
-    children.start(argv, stdin=subprocess.DEVNULL).wait(timeout=WARM_UP_CALL_S + 60)
+    caller = children.start(argv, args.caller_cpus, stdin=subprocess.DEVNULL)
+    caller.wait(timeout=WARM_UP_CALL_S + 60)
 
 
 def run_step(
@@ -229,7 +292,7 @@ def run_step(
     for index, share in enumerate(shares):
         out = workdir / f"callers-{calls}-{index}.json"
         argv = caller_argv(args, url, share, args.seconds, f"{prefix}w{index}-", out)
-        callers.append(children.start(argv, stdin=subprocess.DEVNULL))
+        callers.append(children.start(argv, args.caller_cpus, stdin=subprocess.DEVNULL))
         outs.append(out)
     deadline = wall_start + args.ramp + args.seconds + 60
     next_report = wall_start + 5
@@ -258,6 +321,7 @@ def run_step(
             break
         time.sleep(0.2)
     row = summarise_step(calls, reports, lines, cpu=cpu, wall=wall, args=args)
+    row["load_average_1m"] = round(os.getloadavg()[0], 2)  # a busy machine shows here
     for key in ("rss", "pss"):  # the step's peak, sampled every 5 s while calls run
         row[f"server_{key}_mb"] = max((sample.get(key, 0.0) for sample in memory), default=None)
     return row
@@ -359,6 +423,8 @@ def meets_target(
 def _server_argv(args: argparse.Namespace) -> list[str]:
     argv = [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--bot", args.bot, "--log-level", "info", "--workers", str(args.workers)]
+    if args.bus:
+        argv += ["--bus", args.bus]
     if args.bot == "voice":
         options = [
             ("--config", args.config_path),
@@ -398,11 +464,14 @@ def steps(start: int, step: int, max_calls: int) -> list[int]:
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     children = Children()
+    affinity = os.sched_getaffinity(0)
+    if args.caller_cpus:  # the bench's own polling stays off the server's cores too
+        os.sched_setaffinity(0, args.caller_cpus)
     try:
         with tempfile.TemporaryDirectory(prefix="voicegraph-capacity-") as tmp:
             workdir = Path(tmp)
             progress(f"starting the {args.bot} bot server (models load first)")
-            server, url, log = start_server(children, _server_argv(args), workdir)
+            server, url, log = start_server(children, _server_argv(args), workdir, args.server_cpus)
             if args.bot == "voice":
                 warm_up(children, url, args, workdir)
             args.idle_memory = tree_memory_mb(server.pid)  # models loaded, no call
@@ -427,7 +496,18 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 progress(f"note: the server exited with {exit_code} on SIGTERM")
     finally:
         children.stop_all()
+        os.sched_setaffinity(0, affinity)
     return rows
+
+
+def run_ramp(argv: Sequence[str]) -> tuple[list[dict[str, Any]], argparse.Namespace]:
+    """The ramp ``bench capacity ARGV`` measures (same flags), for scripts that compare
+    several: its rows and the arguments with their bot-dependent defaults filled in."""
+    parser = argparse.ArgumentParser(prog="voicegraph bench capacity")
+    configure(parser)
+    args = parser.parse_args(argv)
+    _resolve(args)
+    return measure(args), args
 
 
 def main(args: argparse.Namespace) -> int:
@@ -488,7 +568,10 @@ def main(args: argparse.Namespace) -> int:
         "ramp_s": args.ramp,
         "calls_per_caller_process": CALLS_PER_WORKER,
         "server_workers": args.workers,
+        "bus": args.bus or "in-process",
         "caller_voices": args.voices,
+        "server_cpus": sorted(args.server_cpus) if args.server_cpus else "not pinned",
+        "caller_cpus": sorted(args.caller_cpus) if args.caller_cpus else "not pinned",
     }
     if args.json:
         document = describe_run(

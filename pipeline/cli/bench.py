@@ -3,8 +3,9 @@
     voicegraph bench stages   [--pipeline module:factory] [--config bot.toml] [--audio F ...]
                               [--turns N] [--json OUT] [--plot OUT.png]
     voicegraph bench e2e      [--turns N] [--barge-ins M] [--config bot.toml] [--json] [--plot]
-    voicegraph bench capacity [--bot parrot|voice] [--max-calls N] [--step K] [--seconds S]
-                              [--target-p95 1.5]
+    voicegraph bench capacity [--bot parrot|voice] [--config bot.toml] [--max-calls N]
+                              [--step K] [--seconds S] [--target-p95 1.5]
+                              [--server-cpus 0] [--caller-cpus 1]
     voicegraph bench compare  A.json B.json
 
 Every run goes through the real transport on loopback (server + call emulator),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.bench.capacity import meets_target
+from pipeline.bench.capacity import Children, cpu_list, meets_target, run_ramp
 from pipeline.bench.load_caller import noise_turns, voice_variants
 from pipeline.bench.process_usage import tree_cpu_seconds, tree_memory_mb
 
@@ -64,3 +65,33 @@ def test_process_tree_usage_counts_children_live_and_exited() -> None:
         child.wait()
     assert tree_memory_mb(child.pid) is None
     assert tree_cpu_seconds(child.pid, default=-1.0) == -1.0
+
+
+def test_core_lists_read_like_taskset_and_must_exist() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    assert cpu_list(str(cores[0])) == {cores[0]}
+    assert cpu_list(f"{cores[0]}-{cores[0]}") == {cores[0]}
+    if len(cores) > 1:
+        assert cpu_list(f"{cores[0]},{cores[1]}") == {cores[0], cores[1]}
+    for bad in ("", "a", "1-x", f"{os.cpu_count()}", "3-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cpu_list(bad)
+
+
+def test_children_start_on_the_cores_asked_and_default_to_ours() -> None:
+    core = min(os.sched_getaffinity(0))
+    show = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+    ours = str(sorted(os.sched_getaffinity(0)))
+    children = Children()
+    try:
+        pinned = children.start(show, frozenset({core}), stdout=subprocess.PIPE)
+        free = children.start(show, stdout=subprocess.PIPE)
+        assert pinned.communicate(timeout=30)[0].decode().strip() == str([core])
+        assert free.communicate(timeout=30)[0].decode().strip() == ours
+    finally:
+        children.stop_all()
+
+
+def test_a_ramp_refuses_cores_this_machine_lacks() -> None:
+    with pytest.raises(SystemExit):
+        run_ramp(["--bot", "parrot", "--server-cpus", str(os.cpu_count())])
