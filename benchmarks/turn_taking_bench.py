@@ -16,7 +16,13 @@ item so the shared machine's noise hits both alike:
 - ``hangover``: the fixed silence rule (``min_silence_ms``, 600 ms): the baseline;
 - ``semantic``: ``[turns] mode = "semantic"`` (the audio turn model and the words heard,
   bounded by ``max_wait_ms``); skipped, with a message, where ``TurnConfig`` has no
-  ``mode`` yet.
+  ``mode`` yet;
+- ``semantic-plain`` (only with ``--policies``): the semantic policy as first built
+  (fixed 750 ms unsure wait, no STT confidence, no deadline on the turn model).
+
+Results are also given per corpus half (:attr:`benchmarks.turn_corpus.TurnItem.half`:
+``tune``, ``held_out`` voices, ``fresh`` items never tuned on). The decisions alone,
+free of the machine's load, are :mod:`benchmarks.turn_decision_bench`'s.
 
 Per item the caller side records: when bot audio arrived, the ``interrupt`` events,
 and (from the bot's turn records) how many replies it started. Then:
@@ -50,7 +56,7 @@ import numpy as np
 import trio
 
 from benchmarks.report import RESULTS_DIR
-from benchmarks.turn_corpus import KINDS, RenderedItem, corpus, render
+from benchmarks.turn_corpus import HALVES, KINDS, RenderedItem, corpus, render
 from pipeline.bench import (
     InstrumentedBot,
     describe_models,
@@ -78,7 +84,17 @@ __all__ = [
     "summarize",
 ]
 
-POLICIES = ("hangover", "semantic")
+POLICIES = ("hangover", "semantic", "semantic-plain")
+# semantic-plain: the semantic policy as it was before the cues added after its first
+# measurements (graded unsure wait, STT confidence, the model's deadline; a 750 ms
+# unsure wait): what they buy. Not run by default (--policies to add it).
+PLAIN_SEMANTIC = {
+    "graded_wait": False,
+    "use_confidence": False,
+    "use_pitch": False,
+    "unsure_wait_ms": 750.0,
+    "turn_model_deadline_ms": 60_000.0,
+}
 RATE = 8000
 CALL_END_WAIT_S = 20.0
 # issue 14's targets for the new policy (the baseline is reported beside them)
@@ -109,12 +125,15 @@ def policy_configs(
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
         if not has_semantic_mode():
-            if policy == "semantic":
+            if policy != "hangover":
                 raise ValueError("TurnConfig has no 'mode' yet: the semantic policy is not here")
             configs[policy] = base  # today's only behaviour is the hangover
             continue
-        extra = dict(semantic or {}) if policy == "semantic" else {}
-        turns = dataclasses.replace(base.turns, mode=policy, **extra)
+        extra = dict(semantic or {}) if policy != "hangover" else {}
+        if policy == "semantic-plain":
+            extra.update(PLAIN_SEMANTIC)
+        mode = "hangover" if policy == "hangover" else "semantic"
+        turns = dataclasses.replace(base.turns, mode=mode, **extra)
         configs[policy] = dataclasses.replace(base, turns=turns)
     return configs
 
@@ -129,6 +148,7 @@ class Observation:
     interrupts: list[float]  # each interrupt received
     replies: list[str]  # what the bot heard, one entry per reply it spoke (sent audio of)
     commits: list[str] = dataclasses.field(default_factory=list)  # each turn's end_of_turn
+    judgements: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # each pause's
 
 
 @dataclasses.dataclass(slots=True)
@@ -150,6 +170,8 @@ class ItemOutcome:
     replies: int
     heard: list[str]
     commits: list[str]
+    half: str = "tune"
+    judgements: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def account(rendered: RenderedItem, policy: str, seen: Observation) -> ItemOutcome:
@@ -185,6 +207,8 @@ def account(rendered: RenderedItem, policy: str, seen: Observation) -> ItemOutco
         replies=len(seen.replies),
         heard=list(seen.replies),
         commits=list(seen.commits),
+        half=item.half,
+        judgements=list(seen.judgements),
     )
 
 
@@ -216,7 +240,10 @@ async def call_item(
     # nothing (the bot thought, then the caller went on) was never a reply to them
     replies = [record.caller_text for record in records if record.bot_started_at is not None]
     commits = [str(getattr(record, "end_of_turn", "") or "") for record in records]
-    return Observation(spoken.started_at, speech_end_at, media_at, interrupts, replies, commits)
+    judged = [j for record in records for j in getattr(record, "turn_judgements", ())]
+    return Observation(
+        spoken.started_at, speech_end_at, media_at, interrupts, replies, commits, judged
+    )
 
 
 async def run_items(
@@ -310,12 +337,15 @@ def targets_of(summary: dict[str, Any]) -> dict[str, Any]:
 
 def print_table(results: dict[str, Any]) -> None:
     rows = []
-    for policy, row in results["policies"].items():
+    groups = [("all", results["policies"])]
+    groups += list(results.get("policies_by_half", {}).items())
+    for group, policy, row in [(g, p, r) for g, rows_ in groups for p, r in rows_.items()]:
         v2v = row["voice_to_voice_ms"]
         cut = row["cut_in_continued"]
         kinds = row["cut_in_by_kind"]
         rows.append(
             [
+                group,
                 policy,
                 v2v["p50"],
                 v2v["p95"],
@@ -325,7 +355,7 @@ def print_table(results: dict[str, Any]) -> None:
                 row["interrupts_sent"],
             ]
         )
-    header = ["policy", "v2v p50 ms", "v2v p95 ms", "cut-in cont.+hes.", "cut-in other"]
+    header = ["items", "policy", "v2v p50 ms", "v2v p95 ms", "cut-in cont.+hes.", "cut-in other"]
     print(table([*header, "no answer", "interrupts"], rows))
     for policy, verdicts in results["targets"].items():
         for name, verdict in verdicts.items():
@@ -400,7 +430,10 @@ def item_progress(total: int) -> Callable[[int, RenderedItem, list[ItemOutcome]]
                 verdict = f"{outcome.voice_to_voice_ms:.0f} ms"
             else:
                 verdict = "no answer"
-            said.append(f"{outcome.policy} {verdict}")
+            judged = " ".join(
+                f"{j['verdict'][:4]}:{j['probability']:.2f}" for j in outcome.judgements
+            )
+            said.append(f"{outcome.policy} {verdict}" + (f" [{judged}]" if judged else ""))
         item = rendered.item
         pauses = f", pauses {'/'.join(f'{p:g}' for p in item.pauses_s)} s" if item.pauses_s else ""
         where = f"{item.name} ({item.voice.label}{pauses})"
@@ -442,8 +475,20 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
         on_item=item_progress(len(rendered)),
     )
     summaries = {policy: summarize(outcomes, policy) for policy in policies}
+    by_half = {
+        half: {
+            policy: summarize([o for o in outcomes if o.half == half], policy)
+            for policy in policies
+        }
+        for half in HALVES
+    }
     results: dict[str, Any] = {
         "policies": summaries,
+        "policies_by_half": by_half,
+        "targets_by_half": {
+            half: {policy: targets_of(row) for policy, row in rows.items()}
+            for half, rows in by_half.items()
+        },
         "targets": {policy: targets_of(row) for policy, row in summaries.items()},
         "skipped": skipped,
         "items": [dataclasses.asdict(outcome) for outcome in outcomes],
@@ -454,6 +499,10 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
         "items": len(items),
         "items_by_kind": dict(counts),
         "voices": sorted({item.voice.label for item in items}),
+        "voices_by_half": {
+            half: sorted({item.voice.label for item in items if item.half == half})
+            for half in HALVES
+        },
         "pauses_s": sorted({p for item in items for p in item.pauses_s}),
         "reply_timeout_s": args.reply_timeout,
         "grace_after_answer_s": args.grace,
@@ -477,7 +526,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two items of each kind")
     parser.add_argument(
-        "--policies", default=",".join(POLICIES), help="comma-separated: hangover,semantic"
+        "--policies",
+        default="hangover,semantic",
+        help="comma-separated, of: " + ",".join(POLICIES),
     )
     parser.add_argument("--config", default=None, help="a bot.toml to start from (echo LLM forced)")
     parser.add_argument("--turn-model", default="", help="semantic: [turns] turn_model")

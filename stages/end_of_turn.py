@@ -30,10 +30,30 @@ The combination is a sum of log-odds, as for two independent pieces of evidence
   trailing "...", a number being dictated, "I'd like to order" with nothing ordered
   yet, "Can you?" with its verb still to come (measured: Whisper wrote "Can you?" at
   the pause in "Can you ... uh ... deliver on Sunday?") -3; "Could you tell me?" (an
-  indirect question's opening, with Whisper's "?") -6.
+  indirect question's opening, with Whisper's "?") -6. A "?" excuses a final
+  preposition only in a wh-question ("Where are you from?", not "Can you send it
+  to?"), and never a final conjunction ("Could you check whether?").
+- How well the words were heard (``use_confidence``): a "finished" reading counts in
+  proportion to the STT's confidence (exp of its average token log-probability), in
+  full from ``HEARD_WELL`` (0.6), not at all at ``HEARD_POORLY`` (0.35), for three
+  words or more (a word or two: the average is noise). Words not made out at all
+  (weight under ``UNHEARD_WEIGHT``) leave the turn *unsure* whatever the model says,
+  committed after the full ``unsure_wait_ms``: a cut-off fragment is what Whisper
+  hears worst ("The other happened." for "The address is", with the model at 0.96),
+  and the voice alone is the cue known to be wrong. An unfinished reading keeps its
+  weight: a wrong wait is bounded, a wrong cut-in is not.
+- The voice's ending (``use_pitch``, off by default): a fall to the bottom of the
+  phrase's register +0.7, a level or rising end on a non-question -0.7
+  (:func:`stages.voicing.terminal_pitch`). Off because on the benchmark's synthetic
+  voices it did not separate held phrases from ends (it added a cut-in and slowed two
+  answers); real voices may differ, and Smart Turn already hears intonation.
 - The verdict: P >= ``complete_threshold`` commits at once; P < ``incomplete_threshold``
   keeps listening (the turn is then committed by the endpointer's ``max_wait_ms``);
-  between them the turn is committed after ``unsure_wait_ms`` of silence.
+  between them the turn is committed after a silence that grows with the doubt
+  (``graded_wait``): silence is evidence too, each millisecond adding the same
+  log-odds, at the rate that takes P from ``incomplete_threshold`` at the pause to
+  ``complete_threshold`` at ``unsure_wait_ms``; a turn judged just short of complete
+  waits ~200 ms, one barely above incomplete the whole ``unsure_wait_ms``.
 
 Everything here is pure and synchronous except the model's interface: easy to test,
 and cheap to call at every pause.
@@ -47,9 +67,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from itertools import dropwhile, takewhile
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from stages.voicing import TerminalPitch
 
 __all__ = [
     "EndOfTurnPolicy",
@@ -57,6 +79,8 @@ __all__ = [
     "TurnCompletionModel",
     "Verdict",
     "WordEvidence",
+    "confidence_weight",
+    "pitch_evidence",
     "word_evidence",
 ]
 
@@ -66,6 +90,15 @@ FINISHED_CLAUSE = 1.5  # subject ... content word: "I would like a loaf of rye b
 FINISHED_WEAK = 0.4  # a clause closed by sentence punctuation (Whisper closes most)
 UNFINISHED_WEAK = -3.0  # trailing "...", a number still being dictated
 UNFINISHED_STRONG = -6.0  # an ending no sentence has: "and", "the", "my", "um", "my name is"
+HEARD_WELL = 0.6  # STT confidence (exp avg log-prob) at which the words count in full
+HEARD_POORLY = 0.35  # ... at or below which a "finished" reading counts for nothing
+CONFIDENCE_MIN_WORDS = 3  # shorter transcripts: their confidence says little
+UNHEARD_WEIGHT = 0.25  # under this weight the words were not made out (confidence < 0.41)
+PITCH_FALL = 0.7  # the voice fell to the bottom of its register: a statement's end
+PITCH_HELD = -0.7  # level or rising at the top: a phrase held open
+PITCH_LOW_END_ST = -2.0  # semitones under the phrase's median that count as "low"
+PITCH_HELD_END_ST = -0.5  # at or above it the end is "level or high"
+PITCH_MIN_VOICED_MS = 400.0  # less voicing than this: the pitch says nothing
 
 
 @runtime_checkable
@@ -96,10 +129,39 @@ class WordEvidence:
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
+    """The verdict at one pause and everything it rested on (kept on the turn's record)."""
+
     verdict: Verdict
     probability: float  # the combined P(finished)
     model_probability: float | None
     words: WordEvidence
+    wait_ms: float | None = 0.0  # silence after the voice before committing; None: never
+    text: str | None = None
+    stt_confidence: float | None = None
+    confidence_weight: float = 1.0  # how much a "finished" reading of the words counted
+    pitch: TerminalPitch | None = None
+    pitch_log_odds: float = 0.0
+    model_late: bool = False  # the model missed its deadline: judged without it
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain, JSON-ready account of the judgement."""
+        return {
+            "verdict": self.verdict.value,
+            "probability": self.probability,
+            "model_probability": self.model_probability,
+            "model_late": self.model_late,
+            "words_log_odds": self.words.log_odds,
+            "words_reason": self.words.reason,
+            "text": self.text,
+            "stt_confidence": self.stt_confidence,
+            "confidence_weight": self.confidence_weight,
+            "pitch_end_st": self.pitch.end_st if self.pitch else None,
+            "pitch_slope_st_per_s": self.pitch.slope_st_per_s if self.pitch else None,
+            "pitch_voiced_ms": self.pitch.voiced_ms if self.pitch else None,
+            "end_level_db": self.pitch.end_level_db if self.pitch else None,
+            "pitch_log_odds": self.pitch_log_odds,
+            "wait_ms": self.wait_ms,
+        }
 
 
 def _word_set(words: str) -> frozenset[str]:
@@ -107,7 +169,12 @@ def _word_set(words: str) -> frozenset[str]:
 
 
 _CONJUNCTIONS = _word_set(
-    "and but or nor because cause cuz if although though unless until whereas plus than"
+    "and but or nor because cause cuz if although though unless until whereas plus than whether"
+)
+_WH_WORDS = _word_set("what when where who whom whose which why how")
+_REQUEST_VERBS = _word_set(
+    "cancel book send tell give change check call put add make bring deliver reserve "
+    "order repeat connect transfer remove update help email text confirm keep hold let"
 )
 _PREPOSITIONS = _word_set(
     "to of for with at in on from by about into onto like after before under over "
@@ -121,7 +188,8 @@ _LEAD_INS = re.compile(
     r"\b(?:(?:name|number|address|email|postcode|code|date|time|order|phone) (?:is|was)"
     r"|(?:i|we)(?: would|'d) like|(?:i|we) (?:want|need)|i'm|it's|there's|we're"
     r"|(?:can|could|may) (?:i|we)(?: (?:get|have|order))?"
-    r"|i was wondering(?: if)?|i'm looking for|i think|let me)$"
+    r"|i was wondering(?: if)?|i'm looking for|i think|let me"
+    r"|(?:under|in|for|by) the name(?: of)?)$"
 )
 _OBJECT_WANTED = re.compile(
     r"\b(?:(?:would|'d) like|want|need|wanted|going) to (?:order|book|get|buy|have|make"
@@ -178,8 +246,11 @@ def word_evidence(text: str | None) -> WordEvidence:
     if last in _DETERMINERS or last in _POSSESSIVES:
         return WordEvidence(UNFINISHED_STRONG, f"ends with {last!r}, which needs a noun")
     phrase = " ".join(words)
-    # "Where are you from?" ends with a preposition and is done; "Can I get?" is not
-    if not question_mark and (last in _CONJUNCTIONS or last in _PREPOSITIONS):
+    # A preposition can end a question only when a wh-word was moved out of its phrase
+    # ("Where are you from?", "Who is it for?"): "Can you send the invoice to?" waits
+    # for its object. No question ends with a conjunction ("Could you check whether?").
+    stranded = question_mark and bool(_WH_WORDS.intersection(words))
+    if last in _CONJUNCTIONS or (last in _PREPOSITIONS and not stranded):
         return WordEvidence(UNFINISHED_STRONG, f"ends with {last!r}")
     if _LEAD_INS.search(phrase):
         return WordEvidence(UNFINISHED_STRONG, "ends with a lead-in")
@@ -196,13 +267,19 @@ def word_evidence(text: str | None) -> WordEvidence:
     if phrase in _SHORT_ANSWERS or numbers_only or yes_or_no:
         return WordEvidence(FINISHED_STRONG, "a short answer")
     trailing = list(takewhile(_is_number, reversed(words)))
-    if trailing and (len(trailing) == len(words) or _DICTATION.search(phrase)):
+    # a number being dictated follows its label ("my card number is 4 4"), not any word
+    # ("I lost my card and need a new one")
+    before = words[-len(trailing) - 1] if 0 < len(trailing) < len(words) else ""
+    labelled = before in {"is", "was", "it's"} or bool(_DICTATION.fullmatch(before))
+    if trailing and (len(trailing) == len(words) or (labelled and _DICTATION.search(phrase))):
         digits = sum(len(word) if word.isdigit() else 1 for word in trailing)
         if digits < 7:  # fewer than a phone number's: more digits are coming
             return WordEvidence(UNFINISHED_WEAK, "a number being dictated")
     if question_mark:
         return WordEvidence(FINISHED_STRONG, "a question")
-    if last in {"thanks", "please", "bye", "goodbye"} or phrase.endswith(
+    if last in {"bye", "goodbye"}:  # a farewell ends the turn (and the call)
+        return WordEvidence(FINISHED_STRONG, "a farewell")
+    if last in {"thanks", "please"} or phrase.endswith(
         ("thank you", "thank you very much", "thanks a lot")
     ):
         return WordEvidence(FINISHED_STRONG - 1.0, "a closing courtesy")
@@ -211,6 +288,10 @@ def word_evidence(text: str | None) -> WordEvidence:
     clause = list(dropwhile(lambda word: word in _DISCOURSE, words))  # "So I was ..."
     if len(clause) >= 4 and clause[0] in _SUBJECTS and last not in _FUNCTION_WORDS:
         return WordEvidence(FINISHED_CLAUSE, "a complete clause")
+    # a request is often an imperative, with no subject: "(Please) cancel my order."
+    request = clause[1:] if clause[:1] == ["please"] else clause
+    if len(request) >= 3 and request[0] in _REQUEST_VERBS and last not in _FUNCTION_WORDS:
+        return WordEvidence(FINISHED_CLAUSE, "a request")
     if raw.endswith((".", "!")) and len(words) >= 3:
         return WordEvidence(FINISHED_WEAK, "a sentence")
     return WordEvidence()
@@ -220,32 +301,124 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def confidence_weight(confidence: float | None, words: int = CONFIDENCE_MIN_WORDS) -> float:
+    """How much a "finished" reading of ``words`` words counts, from the STT's
+    confidence in them (exp of Whisper's average token log-probability): in full at or
+    above ``HEARD_WELL``, not at all at or below ``HEARD_POORLY``, linearly between. A
+    fragment Whisper barely heard ("The other happened." for "The address is") must not
+    end the turn as a sentence would; an unfinished reading keeps its full weight (a
+    wrong wait is bounded, a wrong cut-in is not). Under ``CONFIDENCE_MIN_WORDS`` words
+    it counts in full: an average over two or three tokens is noise (measured: "No",
+    "Sure.", "Okay" all came out at 0.39-0.49, well heard)."""
+    if confidence is None or words < CONFIDENCE_MIN_WORDS:
+        return 1.0
+    span = HEARD_WELL - HEARD_POORLY
+    return min(1.0, max(0.0, (confidence - HEARD_POORLY) / span))
+
+
+def pitch_evidence(pitch: TerminalPitch | None, text: str | None) -> float:
+    """Log-odds from how the voice ended (:func:`stages.voicing.terminal_pitch`): a fall
+    to the bottom of the phrase's register says "finished" (a statement's final fall);
+    a level or rising end says "more to come" (a held phrase, a list item), unless the
+    words are a question, whose rise is its end. Too little voicing says nothing."""
+    if pitch is None or pitch.voiced_ms < PITCH_MIN_VOICED_MS:
+        return 0.0
+    question = bool(text) and text.strip().endswith("?")
+    if pitch.end_st <= PITCH_LOW_END_ST and pitch.slope_st_per_s < 0:
+        return PITCH_FALL
+    if not question and pitch.end_st >= PITCH_HELD_END_ST and pitch.slope_st_per_s >= 0:
+        return PITCH_HELD
+    return 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class EndOfTurnPolicy:
-    """The decision at a pause; the thresholds are :class:`~stages.turns.TurnConfig`'s."""
+    """The decision at a pause; the thresholds are :class:`~stages.turns.TurnConfig`'s.
+
+    ``early_ms`` / ``unsure_wait_ms``: with ``graded_wait``, an unsure verdict waits
+    according to how unsure it is (linear in log-odds): from ``early_ms`` (the pause
+    itself) just under ``complete_threshold`` up to ``unsure_wait_ms`` just over
+    ``incomplete_threshold``; without it, always ``unsure_wait_ms``."""
 
     complete_threshold: float = 0.6
     incomplete_threshold: float = 0.3
     use_words: bool = True
+    use_confidence: bool = True
+    use_pitch: bool = False
+    graded_wait: bool = True
+    early_ms: float = 160.0
+    unsure_wait_ms: float = 1200.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.incomplete_threshold <= self.complete_threshold <= 1.0:
             raise ValueError("need 0 <= incomplete_threshold <= complete_threshold <= 1")
+        if not 0.0 <= self.early_ms <= self.unsure_wait_ms:
+            raise ValueError("need 0 <= early_ms <= unsure_wait_ms")
 
-    def judge(self, model_probability: float | None, text: str | None) -> Judgement:
+    def judge(
+        self,
+        model_probability: float | None,
+        text: str | None,
+        *,
+        stt_confidence: float | None = None,
+        pitch: TerminalPitch | None = None,
+    ) -> Judgement:
         """Combine the model's P(complete) (None: no model) with the words (None: no
-        transcript yet) into a verdict."""
+        transcript yet), the STT's confidence in them and the terminal pitch into a
+        verdict and the silence to wait before committing."""
         if model_probability is not None and not 0.0 <= model_probability <= 1.0:
             raise ValueError(f"model probability {model_probability!r} is not in [0, 1]")
+        if stt_confidence is not None and not 0.0 <= stt_confidence <= 1.0:
+            raise ValueError(f"STT confidence {stt_confidence!r} is not in [0, 1]")
         words = word_evidence(text) if self.use_words else WordEvidence()
-        log_odds = words.log_odds
+        heard = len(_WORD.findall(text.lower())) if text else 0
+        weighing = self.use_words and self.use_confidence
+        weight = confidence_weight(stt_confidence, heard) if weighing else 1.0
+        log_odds = words.log_odds * weight if words.log_odds > 0 else words.log_odds
+        tone = pitch_evidence(pitch, text if self.use_words else None) if self.use_pitch else 0.0
+        log_odds += tone
         if model_probability is not None:
             log_odds += _logit(min(max(model_probability, MODEL_FLOOR), 1.0 - MODEL_FLOOR))
         probability = 1.0 / (1.0 + math.exp(-log_odds))
-        if probability >= self.complete_threshold:
-            verdict = Verdict.COMPLETE
+        wait_ms: float | None
+        unheard = weighing and weight < UNHEARD_WEIGHT and heard >= CONFIDENCE_MIN_WORDS
+        if unheard and words.log_odds >= 0:
+            # words not made out: the voice alone decides nothing either way (it is the
+            # cue known to be wrong a third of the time); wait as long as the least sure
+            # (a cut-off fragment is what Whisper hears worst), then answer
+            verdict, wait_ms = Verdict.UNSURE, self.unsure_wait_ms
+        elif probability >= self.complete_threshold:
+            verdict, wait_ms = Verdict.COMPLETE, 0.0
         elif probability < self.incomplete_threshold:
-            verdict = Verdict.INCOMPLETE
+            verdict, wait_ms = Verdict.INCOMPLETE, None
         else:
-            verdict = Verdict.UNSURE
-        return Judgement(verdict, round(probability, 4), model_probability, words)
+            verdict, wait_ms = Verdict.UNSURE, self._unsure_wait(probability)
+        return Judgement(
+            verdict,
+            round(probability, 4),
+            model_probability,
+            words,
+            wait_ms=wait_ms,
+            text=text,
+            stt_confidence=stt_confidence,
+            confidence_weight=round(weight, 3),
+            pitch=pitch,
+            pitch_log_odds=tone,
+        )
+
+    def _unsure_wait(self, probability: float) -> float:
+        """Silence from the end of the voice after which an unsure turn is committed.
+
+        Graded: silence is evidence too. Each millisecond of it adds the same log-odds
+        for "finished", at the rate that takes a turn judged at ``incomplete_threshold``
+        at the pause (``early_ms``) to ``complete_threshold`` at ``unsure_wait_ms``; the
+        turn is committed when it gets there. So a turn judged just short of complete
+        waits a little, one judged barely above incomplete the whole ``unsure_wait_ms``.
+        """
+        if not self.graded_wait or self.complete_threshold <= self.incomplete_threshold:
+            return self.unsure_wait_ms
+        low = _logit(max(self.incomplete_threshold, 1e-6))
+        high = _logit(min(self.complete_threshold, 1 - 1e-6))
+        doubt = (high - _logit(min(max(probability, 1e-6), 1 - 1e-6))) / (high - low)
+        doubt = min(1.0, max(0.0, doubt))
+        return round(self.early_ms + doubt * (self.unsure_wait_ms - self.early_ms), 1)

@@ -19,7 +19,8 @@ How a turn is found (all times in :class:`TurnConfig`):
   end of turn is decided by meaning at the first pause (``early_silence_ms``) by the
   turn manager, which has both the audio and the speculative transcript
   (:mod:`stages.end_of_turn`: ``complete_threshold``, ``incomplete_threshold``,
-  ``unsure_wait_ms``, ``turn_model``, ``use_words``; ``continuation_ms`` for a caller
+  ``unsure_wait_ms``, ``graded_wait``, ``turn_model``, ``turn_model_deadline_ms``,
+  ``use_words``, ``use_confidence``, ``use_pitch``; ``continuation_ms`` for a caller
   who goes on after such a commit, :mod:`pipeline.bot.turn_judge`); the endpointer's own
   :class:`SpeechSegment` then comes only after ``max_wait_ms`` of silence, the bound
   on how long an unfinished-sounding turn is waited for.
@@ -114,11 +115,24 @@ class TurnConfig:
     turn_model: str = ""  # Smart Turn ONNX path; "" = the vendored file; "none" = words only
     complete_threshold: float = 0.6  # combined P(finished) at or above it: commit now
     incomplete_threshold: float = 0.3  # below it: keep listening up to max_wait_ms
-    unsure_wait_ms: float = 750.0  # in between: commit after this silence
+    # in between: commit after at most this silence: the longest mid-sentence pause to
+    # sit through (1 s), the bot's reaction to the caller going on (min_speech_ms and a
+    # 32 ms VAD window, ~120 ms) and a window's margin
+    unsure_wait_ms: float = 1200.0
     # speech again within this silence after a turn committed at its pause goes on with
     # the same sentence (the reply is withdrawn); later, it is a new turn (or a barge-in)
     continuation_ms: float = 1500.0
     use_words: bool = True  # let the words heard so far count (False: the audio model alone)
+    # how unsure: an unsure turn waits from early_silence_ms (P just under
+    # complete_threshold) up to unsure_wait_ms (just over incomplete_threshold)
+    graded_wait: bool = True
+    use_confidence: bool = True  # a "finished" reading of poorly heard words counts less
+    # the voice's terminal fall (finished) or held level (not); off: on the benchmark's
+    # synthetic voices it did not separate held phrases from ends (README)
+    use_pitch: bool = False
+    # the audio model's answer is awaited this long from the pause's judgement; later,
+    # the words (and pitch) judge alone
+    turn_model_deadline_ms: float = 400.0
     # barge-in: only voiced sound interrupts (stages.voicing); a barge-in whose turn has no
     # words gives the bot its reply back after resume_gap_ms (pipeline.bot.resumption)
     barge_in_voicing: bool = True
@@ -148,6 +162,8 @@ class TurnConfig:
                 )
             if not early <= self.unsure_wait_ms <= self.max_wait_ms:
                 raise ValueError("need early_silence_ms <= unsure_wait_ms <= max_wait_ms")
+            if self.turn_model_deadline_ms <= 0:
+                raise ValueError("turn_model_deadline_ms must be > 0")
             if not early <= self.continuation_ms <= self.max_wait_ms:
                 raise ValueError("need early_silence_ms <= continuation_ms <= max_wait_ms")
 

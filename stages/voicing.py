@@ -30,7 +30,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FrameVoicing", "VoicingConfig", "VoicingGate", "frame_voicing", "longest_voiced_run"]
+__all__ = [
+    "FrameVoicing",
+    "TerminalPitch",
+    "VoicingConfig",
+    "VoicingGate",
+    "frame_voicing",
+    "longest_voiced_run",
+    "terminal_pitch",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +198,52 @@ class VoicingGate:
             self._pitch = float(pitch)
             if self._run >= self._needed:
                 return
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalPitch:
+    """How a phrase's voice ended, in the speaker's own range (semitones).
+
+    ``end_st``: the last voiced 100 ms against the phrase's median pitch (a statement
+    ends low, near the speaker's floor; a held phrase, "my name is ...", stays level;
+    a yes/no question or a list item rises). ``slope_st_per_s``: the pitch's slope over
+    the last voiced 250 ms. ``voiced_ms``: voiced audio the measure rests on (little:
+    trust it little). ``end_level_db``: the last voiced 100 ms's level against the
+    phrase's median voiced level (a statement's voice fades as it ends; a held phrase
+    keeps its strength)."""
+
+    end_st: float
+    slope_st_per_s: float
+    voiced_ms: float
+    end_level_db: float = 0.0
+
+
+TERMINAL_WINDOW_S = 3.0  # the phrase's register is taken from its last seconds
+_END_FRAMES = 10  # 100 ms at a 10 ms hop
+_SLOPE_FRAMES = 25  # 250 ms
+
+
+def terminal_pitch(
+    samples: np.ndarray, sample_rate: int = 8000, config: VoicingConfig | None = None
+) -> TerminalPitch | None:
+    """The pitch at the end of ``samples`` (int16, the phrase up to the pause) against
+    the speaker's register; None when there is too little voicing to say (under
+    ``_SLOPE_FRAMES`` voiced frames). Octave slips (YIN's period doubling) are folded
+    back to the median's octave before anything is measured."""
+    config = config or VoicingConfig()
+    tail = samples[-int(TERMINAL_WINDOW_S * sample_rate) :]
+    voicing = frame_voicing(tail, sample_rate, config)
+    where = np.flatnonzero(voicing.voiced)
+    if len(where) < _SLOPE_FRAMES:
+        return None
+    semitones = 12 * np.log2(voicing.pitch_hz[where])
+    median = float(np.median(semitones))
+    semitones = semitones - 12 * np.round((semitones - median) / 12)  # fold octave slips
+    end = float(np.median(semitones[-_END_FRAMES:])) - median
+    last = where[-_SLOPE_FRAMES:]
+    seconds = last * voicing.hop / sample_rate
+    slope = float(np.polyfit(seconds, semitones[-_SLOPE_FRAMES:], 1)[0])
+    voiced_ms = len(where) * voicing.hop * 1000 / sample_rate
+    levels = voicing.level_dbfs[where]
+    fade = float(np.median(levels[-_END_FRAMES:]) - np.median(levels))
+    return TerminalPitch(round(end, 2), round(slope, 1), round(voiced_ms), round(fade, 1))

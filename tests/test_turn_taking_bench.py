@@ -8,9 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from benchmarks import turn_corpus
 from benchmarks.speech_corpus import DEFAULT_VOICE
-from benchmarks.turn_corpus import KINDS, RenderedItem, TurnItem, corpus
+from benchmarks.turn_corpus import HALVES, KINDS, TUNE_VOICES, RenderedItem, TurnItem, corpus
 from benchmarks.turn_taking_bench import (
+    POLICIES,
     Observation,
     account,
     has_semantic_mode,
@@ -66,6 +68,57 @@ def test_corpus_has_every_kind_and_enough_items():
     assert [item.kind for item in quick] == [kind for kind in KINDS for _ in range(2)]
 
 
+def test_the_corpus_is_split_by_voice_and_keeps_fresh_items_apart():
+    items = corpus()
+    assert {item.half for item in items} == set(HALVES)
+    for half in ("tune", "held_out"):
+        mine = [item for item in items if item.half == half]
+        assert {item.kind for item in mine} == set(KINDS), half
+        assert {item.voice.engine for item in mine} == {"piper", "espeak"}, half
+        assert len(mine) >= len(items) // 4, half
+    tuned = {item.voice.label for item in items if item.half == "tune"}
+    held_out = {item.voice.label for item in items if item.half == "held_out"}
+    assert tuned == set(TUNE_VOICES)
+    assert not tuned & held_out
+    fresh = [item for item in items if item.half == "fresh"]
+    assert {item.kind for item in fresh} >= {"complete", "continued"}
+    assert all(not item.tuned for item in fresh)
+    assert all(item.joined for item in fresh if item.kind == "continued")
+
+
+def test_a_joined_item_is_cut_at_its_comma_and_the_gap_stretched_to_the_pause(monkeypatch):
+    """One sentence synthesized whole: tone, a 200 ms gap (the comma), tone; the pause
+    replaces the gap exactly, and each part keeps its own audio."""
+    said = []
+
+    def fake_speech(text, voice, rate):
+        said.append(text)
+        return np.concatenate([tone_burst(0.6), np.zeros(1600, np.int16), tone_burst(0.4)])
+
+    monkeypatch.setattr(turn_corpus, "speech", fake_speech)
+    item = TurnItem("j", "continued", ("My name is", "John Smith."), (0.8,), DEFAULT_VOICE)
+    rendered = turn_corpus.render(dataclasses.replace(item, joined=True))
+    assert said == ["My name is, John Smith."]
+    (first_start, first_end), (second_start, second_end) = rendered.part_bounds
+    assert first_end - first_start == pytest.approx(0.6 * RATE, abs=40)
+    assert second_start - first_end == pytest.approx(0.8 * RATE, abs=1)
+    assert second_end - second_start == pytest.approx(0.4 * RATE, abs=40)
+    monkeypatch.setattr(turn_corpus, "speech", lambda text, voice, rate: tone_burst(1.0))
+    with pytest.raises(ValueError, match="no gap"):
+        turn_corpus.render(dataclasses.replace(item, joined=True))
+
+
+def test_the_plain_semantic_variant_is_the_policy_without_the_later_cues():
+    configs = policy_configs(BotConfig(), list(POLICIES))
+    plain, semantic = configs["semantic-plain"].turns, configs["semantic"].turns
+    assert plain.mode == semantic.mode == "semantic"
+    cues = ("graded_wait", "use_confidence")
+    assert [getattr(plain, cue) for cue in cues] == [False, False]
+    assert [getattr(semantic, cue) for cue in cues] == [True, True]
+    assert plain.unsure_wait_ms == 750.0  # the first build's
+    assert plain.turn_model_deadline_ms > semantic.max_wait_ms  # in effect, none
+
+
 def test_an_item_needs_one_pause_between_each_two_parts():
     with pytest.raises(ValueError, match="one pause"):
         TurnItem("bad", "continued", ("My name is", "John"), (), DEFAULT_VOICE)
@@ -77,6 +130,13 @@ def test_an_answer_after_the_end_is_voice_to_voice_and_no_cut_in():
     assert outcome.answered
     assert not outcome.cut_in
     assert outcome.voice_to_voice_ms == pytest.approx(400.0)
+    assert outcome.half == COMPLETE.item.half
+
+
+def test_each_pause_judgement_is_kept_with_the_item():
+    judged = [{"verdict": "incomplete", "probability": 0.1}, {"verdict": "complete"}]
+    seen = Observation(10.0, 12.0, [12.4], [], ["my name is john"], ["complete"], judged)
+    assert account(CONTINUED, "semantic", seen).judgements == judged
 
 
 def test_speech_in_the_pause_an_interrupt_and_two_replies_are_a_cut_in():

@@ -53,8 +53,12 @@ everything a service or stage can be told is settable from the file::
     turn_model = ""                    # Smart Turn .onnx; "" = vendored; "none" = words only
     complete_threshold = 0.6           # semantic: P(finished) >= this: commit at once
     incomplete_threshold = 0.3         # semantic: below this: keep listening
-    unsure_wait_ms = 1000              # semantic: in between, commit after this silence
+    unsure_wait_ms = 1200              # semantic: in between, commit after at most this
     continuation_ms = 1500             # semantic: speech again within this: same sentence
+    graded_wait = true                 # semantic: the less unsure, the shorter the wait
+    use_confidence = true              # semantic: poorly heard words cannot end the turn
+    use_pitch = false                  # semantic: a final fall / a held level counts
+    turn_model_deadline_ms = 400       # semantic: later, the words judge without the model
     min_silence_ms = 600               # hangover: the end-of-turn silence
 
     [jitter]                           # stages.jitter.JitterConfig

@@ -73,7 +73,8 @@ class TurnRecord:
     the request. ``source``: ``caller`` (an answer), ``greeting`` or ``operator``.
     ``end_of_turn``: what committed the turn: ``hangover``, ``complete``, ``unsure``,
     ``max_wait`` (semantic, the endpointer's bound), ``withdrawn`` (committed early, the
-    caller went on); ``turn_probability`` is the judged P(finished), if judged.
+    caller went on); ``turn_probability`` is the judged P(finished), if judged;
+    ``turn_judgements`` each pause's judgement of the turn and what it rested on.
     """
 
     index: int
@@ -98,6 +99,8 @@ class TurnRecord:
     resumed: int = 0  # times it went on after a false interruption (pipeline.bot.resumption)
     end_of_turn: str = ""
     turn_probability: float | None = None
+    llm_shed: int = 0  # its speculative LLM request was shed under load (then asked again)
+    turn_judgements: list[dict[str, Any]] = field(default_factory=list)  # each pause's
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -133,6 +136,7 @@ class _Reply:
             instructions=instructions,
             history=list(history),
             timings_ms=self.record.timings_ms,
+            committed=self.committed,  # speculative until then: served after committed work
         )
         return self.context
 
@@ -158,6 +162,7 @@ class Conversation:
         self._early: _Reply | None = None  # committed at a pause; the endpointer's turn is open
         self._withdraw_on_barge_in: _Reply | None = None  # playing; the caller may be going on
         self._continued_from: tuple[int, int] | None = None  # (turn's onset, resumed at)
+        self._judged_so_far: list[dict[str, Any]] = []  # a resumed turn's earlier pauses
         self.duplicate_segments = 0
         self.withdrawn_replies = 0
         self.config = config
@@ -235,6 +240,7 @@ class Conversation:
         reply = self._reply
         if reply is not None and not reply.committed.is_set():
             reply.superseded = True
+            self._judged_so_far = reply.record.turn_judgements  # the same turn goes on
             reply.scope.cancel()
             self._release_index(reply)
             return
@@ -358,7 +364,9 @@ class Conversation:
             caller_end_s=round(segment.speech_end / RATE, 3),
             caller_started_at=started_at,
             caller_ended_at=segment.time_of(segment.speech_end),
+            turn_judgements=self._judged_so_far,
         )
+        self._judged_so_far = []
         reply = _Reply(record, segment, audio, trio.Event())
         reply.speech_end_at = segment.time_of(segment.speech_end)
         if committed:
@@ -443,10 +451,11 @@ class Conversation:
         judgement = await self.judge.judge(reply.audio, context)
         reply.mark("judged", trio.current_time())
         reply.record.turn_probability = judgement.probability
+        reply.record.turn_judgements.append(judgement.as_dict())
         if judgement.verdict is Verdict.INCOMPLETE:
             return
-        if judgement.verdict is Verdict.UNSURE:
-            await trio.sleep_until(reply.speech_end_at + self.turn_config.unsure_wait_ms / 1000)
+        if judgement.verdict is Verdict.UNSURE:  # the less unsure, the shorter the wait
+            await trio.sleep_until(reply.speech_end_at + (judgement.wait_ms or 0.0) / 1000)
         self._commit(reply, judgement.verdict.value, early=True)
 
     async def _resume_held(self, turn: _Reply) -> None:
@@ -528,6 +537,7 @@ class Conversation:
             record.guarded = context.guarded
             record.llm_failed = context.llm_failed
             record.error = context.error
+            record.llm_shed = context.llm_shed
         cut_at = reply.interrupted_at if reply.interrupted_at is not None else math.inf
         record.interrupted = reply.interrupted_at is not None
         spoken = " ".join(piece.text for piece in reply.pieces)

@@ -10,11 +10,17 @@ reply cannot say anything before its LLM has the words anyway. The decision itse
 :class:`~stages.end_of_turn.EndOfTurnPolicy`'s.
 
 A model that fails (its service error) does not fail the call: that turn is judged on
-the words alone, and the failure is counted and logged.
+the words alone, and the failure is counted and logged. So is a model that has not
+answered ``turn_model_deadline_ms`` after the pause (a hang, a busy machine): the
+words judge alone (``model_late`` on the judgement, counted), so the model never adds
+more than its deadline to the answer. The STT's confidence in the words is passed on
+(:attr:`~pipeline.runtime.dialogue.Reply.confidence`), and, with ``use_pitch``, the
+turn's terminal pitch is measured here (a few milliseconds of YIN).
 
 What the turn manager (:class:`~pipeline.bot.conversation.Conversation`) does with the
-verdict: complete, the reply is committed at once; unsure, after ``unsure_wait_ms`` of
-silence (from the end of the voice); incomplete, not at all: the endpointer's own
+verdict: complete, the reply is committed at once; unsure, after the judgement's
+``wait_ms`` of silence (from the end of the voice; at most ``unsure_wait_ms``, less the
+surer it is); incomplete, not at all: the endpointer's own
 segment at ``max_wait_ms`` commits it. The transcript is thus ready at the commit:
 the turn is decoded at each pause, and a committed reply keeps the words decoded at
 its pause (the audio is the same). A turn the caller resumes is decoded again whole at
@@ -38,6 +44,7 @@ already committed is ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -49,6 +56,7 @@ from pipeline.runtime.errors import ServiceError
 from pipeline.runtime.frames import TELEPHONE_RATE
 from stages.end_of_turn import EndOfTurnPolicy, Judgement, TurnCompletionModel
 from stages.turns import TurnConfig
+from stages.voicing import terminal_pitch
 
 __all__ = ["TurnJudge"]
 
@@ -65,6 +73,11 @@ class TurnJudge:
             complete_threshold=config.complete_threshold,
             incomplete_threshold=config.incomplete_threshold,
             use_words=config.use_words,
+            use_confidence=config.use_confidence,
+            use_pitch=config.use_pitch,
+            graded_wait=config.graded_wait,
+            early_ms=config.early_silence_ms or 0.0,
+            unsure_wait_ms=config.unsure_wait_ms,
         )
         self.counts: dict[str, int] = {
             "judged": 0,
@@ -72,14 +85,18 @@ class TurnJudge:
             "unsure": 0,
             "incomplete": 0,
             "model_failures": 0,
+            "model_late": 0,
         }
 
     async def judge(self, audio: np.ndarray, reply: Reply) -> Judgement:
         """The verdict on ``audio`` (the turn so far, from its onset) and the words the
         reply path heard in it. With ``use_words`` it waits for the transcript; a reply
         path without a Transcriber never sets it, and then the endpointer's
-        ``max_wait_ms`` commits the turn."""
+        ``max_wait_ms`` commits the turn. The model gets ``turn_model_deadline_ms`` from
+        now: a model that hangs or lags (a busy machine) costs a cue, not the wait."""
+        deadline = trio.current_time() + self.config.turn_model_deadline_ms / 1000
         probability: float | None = None
+        answered = trio.Event()
 
         async def ask_model() -> None:
             nonlocal probability
@@ -89,14 +106,29 @@ class TurnJudge:
             except ServiceError as exc:
                 self.counts["model_failures"] += 1
                 logger.warning("turn model failed", extra={"error": str(exc)})
+            answered.set()
 
+        late = False
         async with trio.open_nursery() as nursery:
             if self.model is not None:
                 nursery.start_soon(ask_model)
+            else:
+                answered.set()
+            pitch = terminal_pitch(audio, TELEPHONE_RATE) if self.config.use_pitch else None
             if self.config.use_words:
                 await reply.transcribed.wait()
+            with trio.move_on_at(deadline):
+                await answered.wait()
+            if not answered.is_set():
+                late = True
+                self.counts["model_late"] += 1
+                logger.warning("turn model missed its deadline; judged on the words")
+            nursery.cancel_scope.cancel()
         text = reply.caller_text if reply.transcribed.is_set() else None
-        judgement = self.policy.judge(probability, text)
+        confidence = reply.confidence if text else None
+        judgement = self.policy.judge(probability, text, stt_confidence=confidence, pitch=pitch)
+        if late:
+            judgement = dataclasses.replace(judgement, model_late=True)
         self.counts["judged"] += 1
         self.counts[judgement.verdict.value] += 1
         return judgement

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 import trio
 
 from pipeline.bot.config import BotConfig, ConversationConfig
@@ -94,6 +95,7 @@ async def converse(
     *,
     barge_in: bool = True,
     seconds_per_char: float = 0.03,
+    model_delay: float = 0.05,
 ) -> Outcome:
     """Feed ``audio`` window by window at its real pace through the endpointer into a
     conversation, then 3 s of silence; return what happened."""
@@ -109,7 +111,8 @@ async def converse(
         encode_interrupt=lambda: "interrupt",
         log=CallLogger(logging.getLogger("test.policy"), "policy"),
     )
-    stt, model, tts = FakeToneStt(WORDS), FakeTurnModel(MODEL), FakeToneTts(seconds_per_char)
+    stt, tts = FakeToneStt(WORDS), FakeToneTts(seconds_per_char)
+    model = FakeTurnModel(MODEL, delay=model_delay)
     llm = EchoLlm("Sure. You said {text}, and I will help.")
     playout = Playout()
     conversation = Conversation(
@@ -285,9 +288,51 @@ async def test_speech_after_the_continuation_window_is_a_barge_in_not_more_sente
 
 
 async def test_an_unsure_verdict_commits_after_the_middle_wait(autojump_clock):
-    turns = TurnConfig(incomplete_threshold=0.05, unsure_wait_ms=900.0)  # P = 0.1: unsure
+    # P = 0.1: unsure; the fixed wait (and no pitch cue: a tone is a level voice)
+    turns = TurnConfig(
+        incomplete_threshold=0.05, unsure_wait_ms=900.0, graded_wait=False, use_pitch=False
+    )
     outcome = await converse(said((MUSING, 0.8)), turns)
     (turn,) = outcome.turns
     assert turn.end_of_turn == "unsure"
     assert 900 - 50 <= turn.timings_ms["endpointing"] <= 900 + 50
     assert turn.timings_ms["judged"] < 400  # known early, committed at the wait
+
+
+async def test_an_unsure_verdict_waits_less_the_surer_it_is(autojump_clock):
+    """P = 0.1 between thresholds 0.05 and 0.15: in log-odds 38% of the way down from
+    complete to incomplete, so it waits 38% of the way from the pause (160 ms) to
+    unsure_wait_ms (900 ms): 443 ms, not the fixed 900."""
+    turns = TurnConfig(
+        incomplete_threshold=0.05, complete_threshold=0.15, unsure_wait_ms=900.0, use_pitch=False
+    )
+    outcome = await converse(said((MUSING, 0.8)), turns)
+    (turn,) = outcome.turns
+    assert turn.end_of_turn == "unsure"
+    (judged,) = turn.turn_judgements
+    assert judged["wait_ms"] == pytest.approx(443.0, abs=5.0)
+    assert 443 - 50 <= turn.timings_ms["endpointing"] <= 443 + 50
+
+
+async def test_a_hung_turn_model_costs_its_cue_not_the_wait(autojump_clock):
+    """The model never answers in time: the words judge the question at its deadline,
+    instead of the turn waiting for the endpointer's max_wait_ms."""
+    turns = TurnConfig(turn_model_deadline_ms=300.0)
+    outcome = await converse(said((QUESTION, 1.0)), turns, model_delay=60.0)
+    (turn,) = outcome.turns
+    assert turn.end_of_turn == "complete"
+    assert turn.timings_ms["endpointing"] < 160 + 300 + 100
+    (judged,) = turn.turn_judgements
+    assert judged["model_late"] is True
+    assert judged["model_probability"] is None
+    assert outcome.conversation.judge is not None
+    assert outcome.conversation.judge.counts["model_late"] == 1
+
+
+async def test_each_pause_of_a_resumed_turn_is_kept_on_its_record(autojump_clock):
+    outcome = await converse(said((NAME_IS, 0.8), 0.8, (JOHN, 0.8)))
+    (turn,) = outcome.turns
+    verdicts = [judged["verdict"] for judged in turn.turn_judgements]
+    assert verdicts == ["incomplete", "complete"]
+    assert turn.turn_judgements[0]["text"] == "My name is"
+    assert turn.turn_judgements[1]["text"] == "My name is John Smith."

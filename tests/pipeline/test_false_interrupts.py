@@ -50,12 +50,13 @@ class ScriptedCaller:
 
     def segment(self, start: float, seconds: float) -> SpeechSegment:
         now = trio.current_time()
+        until = start + seconds  # this utterance's end (spoke_until is the latest one's)
         return SpeechSegment(
             samples=tone_burst(seconds),
             start_sample=self.sample(start),
-            end_sample=self.sample(self.spoke_until),
+            end_sample=self.sample(until),
             speech_start=self.sample(start),
-            speech_end=self.sample(self.spoke_until),
+            speech_end=self.sample(until),
             decided_sample=self.sample(now),
             captured_at=now,
         )
@@ -77,7 +78,7 @@ class ScriptedCaller:
         await trio.sleep(0.2)
         paused = SpeechPaused(segment=self.segment(start, seconds), captured_at=0.0)
         await self.events.send(paused)
-        await trio.sleep_until(self.spoke_until + self.commit_after)
+        await trio.sleep_until(start + seconds + self.commit_after)
         await self.events.send(self.segment(start, seconds))
 
 
@@ -131,11 +132,14 @@ async def test_a_barge_in_without_words_resumes_the_reply(autojump_clock, heard,
     marks: dict[str, float] = {}
 
     async def script(caller: ScriptedCaller) -> None:
-        await caller.says(1.0)
-        first = await harness.bot_is_talking(0.0)
-        await trio.sleep_until(first + 1.0)  # halfway through the first sentence
-        await caller.says(0.4, barge_in=True)
-        marks["sound_ended"] = caller.spoke_until
+        async with trio.open_nursery() as nursery:
+            # the question's own segment may come after the reply started (semantic
+            # mode commits at the pause): the sound is timed from the reply
+            nursery.start_soon(caller.says, 1.0)
+            first = await harness.bot_is_talking(0.0)
+            await trio.sleep_until(first + 1.0)  # halfway through the first sentence
+            await caller.says(0.4, barge_in=True)
+            marks["sound_ended"] = caller.spoke_until
 
     await converse(harness, script)
     call, conversation = harness.call, harness.conversation

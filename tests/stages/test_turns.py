@@ -327,6 +327,7 @@ def test_hangover_mode_ignores_max_wait(model):
         ({"unsure_wait_ms": 3000.0}, "unsure_wait_ms"),
         ({"unsure_wait_ms": 100.0}, "unsure_wait_ms"),
         ({"continuation_ms": 2500.0}, "continuation_ms"),
+        ({"turn_model_deadline_ms": 0.0}, "turn_model_deadline_ms"),
     ],
 )
 def test_config_rejects_inconsistent_end_of_turn_settings(fields, message):

@@ -18,6 +18,7 @@ from stages.voicing import (
     VoicingGate,
     frame_voicing,
     longest_voiced_run,
+    terminal_pitch,
 )
 
 SIZE = WINDOW[8000]
@@ -127,3 +128,36 @@ def test_config_is_checked():
         VoicingConfig(min_pitch_hz=400.0, max_pitch_hz=60.0)
     with pytest.raises(ValueError, match="aperiodicity"):
         VoicingConfig(max_aperiodicity=0.0)
+
+
+def glide(seconds: float, start_hz: float, end_hz: float, *, octave_slip: bool = False):
+    """A harmonic voice whose pitch moves from ``start_hz`` to ``end_hz`` (log-linear);
+    ``octave_slip``: its first half an octave up, as YIN sometimes reads a voice."""
+    n = int(seconds * RATE)
+    pitch = start_hz * (end_hz / start_hz) ** (np.arange(n) / n)
+    if octave_slip:
+        pitch[: n // 2] *= 2
+    phase = 2 * np.pi * np.cumsum(pitch) / RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+    return (8000 * voice / 2).astype(np.int16)
+
+
+def test_terminal_pitch_tells_a_final_fall_from_a_held_level():
+    phrase = harmonic(0.8, 140.0)
+    falling = terminal_pitch(np.concatenate([phrase, glide(0.4, 140.0, 100.0)]))
+    held = terminal_pitch(np.concatenate([phrase, glide(0.4, 140.0, 145.0)]))
+    assert falling is not None
+    assert held is not None
+    assert falling.end_st < -3.0
+    assert falling.slope_st_per_s < -5.0
+    assert abs(held.end_st) < 1.0
+    assert held.slope_st_per_s > -2.0
+    assert falling.voiced_ms > 1000
+
+
+def test_terminal_pitch_folds_octave_slips_and_needs_voice():
+    slipped = terminal_pitch(glide(1.0, 120.0, 120.0, octave_slip=True))
+    assert slipped is not None
+    assert abs(slipped.end_st) < 1.0  # an octave read in half the frames is not a fall
+    assert terminal_pitch(harmonic(0.15, 140.0)) is None  # too little voicing to tell
+    assert terminal_pitch(telephony(noise(1.0, level_dbfs=-15.0))) is None
