@@ -142,6 +142,7 @@ class Judgement:
     pitch: TerminalPitch | None = None
     pitch_log_odds: float = 0.0
     model_late: bool = False  # the model missed its deadline: judged without it
+    model_skipped: bool = False  # the words decided whatever the model said: not asked
 
     def as_dict(self) -> dict[str, Any]:
         """A plain, JSON-ready account of the judgement."""
@@ -150,6 +151,7 @@ class Judgement:
             "probability": self.probability,
             "model_probability": self.model_probability,
             "model_late": self.model_late,
+            "model_skipped": self.model_skipped,
             "words_log_odds": self.words.log_odds,
             "words_reason": self.words.reason,
             "text": self.text,

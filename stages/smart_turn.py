@@ -27,17 +27,28 @@ not: on this CPU a batch costs its size times one inference *plus* 10-40 % (meas
 batch waits for the whole batch, so one at a time answers callers sooner on average.
 Raise ``max_batch`` where a batch is cheaper per request (a GPU build, a CPU with fast
 int8 matrix units).
+
+Inference runs on the service's own thread at a lower scheduling priority (Linux: nice
++10, :data:`INFERENCE_NICE`). The event loop's work is due every 20 ms (each call's
+packets, the VAD, the bot's audio); a judgement is worth having but can be late (the
+turn judge gives it a deadline and then decides on the words). At equal priority a
+57 ms inference sharing a busy core with the loop made packets late before the core
+was full (``benchmarks/frontend_capacity.py``); niced, the loop takes the core first
+and the model the cycles left.
 :class:`SmartTurnModel` is the synchronous model, usable without Trio.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +62,7 @@ from stages.resample import resample
 
 __all__ = [
     "DEFAULT_TURN_MODEL",
+    "INFERENCE_NICE",
     "MODEL_RATE",
     "WINDOW_SECONDS",
     "SmartTurnModel",
@@ -74,6 +86,8 @@ WINDOW_SAMPLES = MODEL_RATE * WINDOW_SECONDS
 FEATURE_SHAPE = (80, 800)  # mel bins x 10 ms frames
 INPUT_NAME = "input_features"
 NORMALISE_EPSILON = 1e-7  # transformers' zero-mean unit-variance epsilon, as Pipecat uses
+INFERENCE_NICE = 10
+"""How much lower than the event loop the inference thread runs (Linux nice steps)."""
 
 
 class TurnModelError(ServiceError):
@@ -239,6 +253,7 @@ class SmartTurnService(Service):
         self.cancelled = 0
         self._inference_s = 0.0
         self._features_s = 0.0
+        self._executor: ThreadPoolExecutor | None = None
 
     async def setup(self) -> None:
         """Load the model in a thread; a missing or wrong file raises TurnModelError."""
@@ -250,12 +265,19 @@ class SmartTurnService(Service):
     async def serving(self) -> AsyncIterator[None]:
         """Load the model (errors surface here), then batch for the block's duration."""
         await self.setup()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self._batch_loop)
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="smart-turn", initializer=_run_below_the_loop
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._batch_loop)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     async def completion(self, samples: np.ndarray, sample_rate: int) -> float:
         """P(the caller has finished the turn) in [0, 1] from the turn's audio so far."""
@@ -319,7 +341,7 @@ class SmartTurnService(Service):
         clips = [(request.samples, request.sample_rate) for request in batch]
         try:
             probabilities, features_s, inference_s = await trio.to_thread.run_sync(
-                _timed_completions, model, clips, limiter=self._limiter
+                self._on_inference_thread, model, clips, limiter=self._limiter
             )
         except Exception as exc:
             self.failures += len(batch)
@@ -336,6 +358,13 @@ class SmartTurnService(Service):
         self._features_s += features_s
         self._inference_s += inference_s
 
+    def _on_inference_thread(
+        self, model: SmartTurnModel, clips: Sequence[tuple[np.ndarray, int]]
+    ) -> tuple[np.ndarray, float, float]:
+        """Run one batch on the niced inference thread; this (Trio's) thread only waits."""
+        assert self._executor is not None
+        return self._executor.submit(_timed_completions, model, clips).result()
+
     def statistics(self) -> dict[str, Any]:
         """What the service did: requests answered, inferences run, their sizes and cost."""
         batches = self.batches
@@ -350,6 +379,14 @@ class SmartTurnService(Service):
             "cancelled": self.cancelled,
             "pending": len(self._queue),
         }
+
+
+def _run_below_the_loop() -> None:
+    """Lower this thread's priority (Linux threads are scheduled one by one; elsewhere
+    ``setpriority`` would renice the whole process, so it is left as it is)."""
+    if sys.platform == "linux":
+        with suppress(OSError):  # not allowed here: run at the loop's priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), INFERENCE_NICE)
 
 
 def _timed_completions(

@@ -10,7 +10,11 @@ reply cannot say anything before its LLM has the words anyway. The decision itse
 :class:`~stages.end_of_turn.EndOfTurnPolicy`'s.
 
 A model that fails (its service error) does not fail the call: that turn is judged on
-the words alone, and the failure is counted and logged. So is a model that has not
+the words alone, and the failure is counted and logged. When the words settle the
+verdict whatever the model could say (a plain question, "my name is"), the model's
+request is withdrawn (``model_skipped``): still queued behind other calls' requests,
+it costs nothing, so a loaded server spends its inferences on the turns that need
+them; the verdict is the one the model would have given. So is a model that has not
 answered ``turn_model_deadline_ms`` after the pause (a hang, a busy machine): the
 words judge alone (``model_late`` on the judgement, counted), so the model never adds
 more than its deadline to the answer. The STT's confidence in the words is passed on
@@ -54,7 +58,7 @@ import trio
 from pipeline.runtime.dialogue import Reply
 from pipeline.runtime.errors import ServiceError
 from pipeline.runtime.frames import TELEPHONE_RATE
-from stages.end_of_turn import EndOfTurnPolicy, Judgement, TurnCompletionModel
+from stages.end_of_turn import MODEL_FLOOR, EndOfTurnPolicy, Judgement, TurnCompletionModel
 from stages.turns import TurnConfig
 from stages.voicing import terminal_pitch
 
@@ -86,6 +90,7 @@ class TurnJudge:
             "incomplete": 0,
             "model_failures": 0,
             "model_late": 0,
+            "model_skipped": 0,
         }
 
     async def judge(self, audio: np.ndarray, reply: Reply) -> Judgement:
@@ -115,23 +120,40 @@ class TurnJudge:
             else:
                 answered.set()
             pitch = terminal_pitch(audio, TELEPHONE_RATE) if self.config.use_pitch else None
+            skipped = False
             if self.config.use_words:
                 await reply.transcribed.wait()
-            with trio.move_on_at(deadline):
-                await answered.wait()
-            if not answered.is_set():
-                late = True
-                self.counts["model_late"] += 1
-                logger.warning("turn model missed its deadline; judged on the words")
-            nursery.cancel_scope.cancel()
+                skipped = not answered.is_set() and self._words_decide(reply, pitch)
+            if skipped:
+                self.counts["model_skipped"] += 1
+            else:
+                with trio.move_on_at(deadline):
+                    await answered.wait()
+                if not answered.is_set():
+                    late = True
+                    self.counts["model_late"] += 1
+                    logger.warning("turn model missed its deadline; judged on the words")
+            nursery.cancel_scope.cancel()  # a request still queued leaves the queue
         text = reply.caller_text if reply.transcribed.is_set() else None
         confidence = reply.confidence if text else None
         judgement = self.policy.judge(probability, text, stt_confidence=confidence, pitch=pitch)
-        if late:
-            judgement = dataclasses.replace(judgement, model_late=True)
+        if late or skipped:
+            judgement = dataclasses.replace(judgement, model_late=late, model_skipped=skipped)
         self.counts["judged"] += 1
         self.counts[judgement.verdict.value] += 1
         return judgement
+
+    def _words_decide(self, reply: Reply, pitch: Any) -> bool:
+        """Whether the model's answer cannot change the judgement: the verdict and wait
+        are the same at both ends of the range its probability is clipped to."""
+        text = reply.caller_text
+        confidence = reply.confidence if text else None
+
+        def at(p: float) -> tuple[Any, float | None]:
+            judged = self.policy.judge(p, text, stt_confidence=confidence, pitch=pitch)
+            return judged.verdict, judged.wait_ms
+
+        return at(MODEL_FLOOR) == at(1.0 - MODEL_FLOOR)
 
     def statistics(self) -> dict[str, Any]:
         return dict(self.counts)

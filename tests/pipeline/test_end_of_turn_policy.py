@@ -315,18 +315,42 @@ async def test_an_unsure_verdict_waits_less_the_surer_it_is(autojump_clock):
 
 
 async def test_a_hung_turn_model_costs_its_cue_not_the_wait(autojump_clock):
-    """The model never answers in time: the words judge the question at its deadline,
+    """The model never answers in time: the words judge "John Smith." at its deadline,
     instead of the turn waiting for the endpointer's max_wait_ms."""
     turns = TurnConfig(turn_model_deadline_ms=300.0)
-    outcome = await converse(said((QUESTION, 1.0)), turns, model_delay=60.0)
+    outcome = await converse(said((JOHN, 1.0)), turns, model_delay=60.0)
     (turn,) = outcome.turns
-    assert turn.end_of_turn == "complete"
-    assert turn.timings_ms["endpointing"] < 160 + 300 + 100
+    assert turn.timings_ms["judged"] < 160 + 300 + 100
+    assert turn.end_of_turn != "max_wait"
     (judged,) = turn.turn_judgements
     assert judged["model_late"] is True
     assert judged["model_probability"] is None
     assert outcome.conversation.judge is not None
     assert outcome.conversation.judge.counts["model_late"] == 1
+
+
+async def test_words_that_settle_the_verdict_withdraw_the_model_request(autojump_clock):
+    """A plain question is complete whatever the model could say (its probability is
+    clipped to [0.1, 0.9]): the judge does not wait for it, even one that would take a
+    minute, and the verdict is the one the model would have given."""
+    outcome = await converse(said((QUESTION, 1.0)), TurnConfig(), model_delay=60.0)
+    (turn,) = outcome.turns
+    assert turn.end_of_turn == "complete"
+    (judged,) = turn.turn_judgements
+    assert (judged["model_skipped"], judged["model_late"]) == (True, False)
+    assert turn.timings_ms["judged"] < 160 + 100  # the transcript's time, not the model's
+    assert outcome.conversation.judge is not None
+    assert outcome.conversation.judge.counts["model_skipped"] == 1
+
+
+async def test_words_that_leave_the_verdict_open_wait_for_the_model(autojump_clock):
+    outcome = await converse(said((JOHN, 1.0)), TurnConfig(), model_delay=0.2)
+    (turn,) = outcome.turns
+    (judged,) = turn.turn_judgements
+    assert judged["model_skipped"] is False
+    assert judged["model_probability"] == MODEL[JOHN]
+    assert outcome.conversation.judge is not None
+    assert outcome.conversation.judge.counts["model_skipped"] == 0
 
 
 async def test_each_pause_of_a_resumed_turn_is_kept_on_its_record(autojump_clock):

@@ -1,14 +1,20 @@
 """Smart Turn v3.2: Pipecat's features without transformers; one batched service for all calls."""
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 import trio
 
 from benchmarks.smart_turn_bench import cut_at_word_gap
 from benchmarks.speech_corpus import VOICES, padded, silence, speech, telephony
+from stages import smart_turn
 from stages.resample import resample
 from stages.smart_turn import (
     DEFAULT_TURN_MODEL,
+    INFERENCE_NICE,
     SmartTurnModel,
     SmartTurnService,
     TurnModelError,
@@ -164,6 +170,23 @@ async def test_a_request_still_queued_when_the_service_stops_fails_clearly(model
             await trio.sleep(1.0)
     assert len(errors) == 1
     assert "stopped" in str(errors[0])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority is Linux's")
+async def test_inference_runs_on_a_thread_below_the_event_loop(model, monkeypatch):
+    niceness: list[int] = []
+
+    def timed(model, clips):  # stands in for the inference: notes its thread's priority
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return np.full(len(clips), 0.25), 0.0, 0.0
+
+    monkeypatch.setattr(smart_turn, "_timed_completions", timed)
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    service = SmartTurnService(model)
+    async with service.serving():
+        assert await service.completion(silence(0.5), 8000) == 0.25
+    assert niceness == [min(loop_nice + INFERENCE_NICE, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice
 
 
 async def test_bad_audio_fails_its_own_request_only(model):
