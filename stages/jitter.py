@@ -40,6 +40,7 @@ _DUP_WINDOW = 1024  # sequence numbers remembered for duplicate detection (power
 _JITTER_GAIN = 1 / 16  # RFC 3550 §6.4.1
 _TRANSIT_GAIN = 1 / 64  # slow: a mean (and its drift), not the spread; ~1.3 s at 50 packets/s
 _EPS = 1e-6  # seconds; keeps float noise from flipping delay comparisons
+_LAG_HALF_LIFE = 2.0  # seconds: how long the driver's lateness keeps the delay up
 # μ-law bytes whose magnitude code (~byte & 0x7F) is in segments 0-1, below about
 # -38 dBFS: a frame made only of these is quiet, so cheap to drop or stretch.
 _QUIET_BYTES = bytes(b for b in range(256) if (~b) & 0x7F < 0x20)
@@ -198,6 +199,8 @@ class JitterBuffer:
         self._concealed_silence = self._concealed_repeat = 0
         self._held = self._skipped = self._underruns = self._idle_periods = 0
         self._max_tick_lag = 0.0
+        self._lag = 0.0  # the driver's recent lateness, a decaying maximum (seconds)
+        self._lag_decay = 0.5 ** (self._fs / _LAG_HALF_LIFE)  # per tick
 
     # ------------------------------------------------------------------ queries
 
@@ -213,7 +216,8 @@ class JitterBuffer:
 
     @property
     def target_delay(self) -> float:
-        return min(max(self._multiplier * self._jitter, self._min_delay), self._max_delay)
+        wanted = max(self._multiplier * self._jitter, self._min_delay, self._lag + 2 * self._fs)
+        return min(wanted, self._max_delay)
 
     @property
     def delay(self) -> float:
@@ -402,8 +406,17 @@ class JitterBuffer:
         count = self._count = self._count + 1
         fs = self._fs
         self._next = self._origin + count * fs
-        if now - due > self._max_tick_lag:
-            self._max_tick_lag = now - due
+        lag = now - due
+        if lag > self._max_tick_lag:
+            self._max_tick_lag = lag
+        # A driver that ticks late (its event loop busy) plays the frames due meanwhile
+        # before it has read the packets that came meanwhile: to the buffer its own lag
+        # is jitter. A stall lasts up to a frame longer than the lag its first late tick
+        # sees, so keep the delay two frames above the recent lag (decaying over ~2 s).
+        recent_lag = self._lag * self._lag_decay
+        if lag > recent_lag:
+            recent_lag = lag
+        self._lag = recent_lag
         start_sample = self._out_sample
         self._out_sample = start_sample + self._n
         self._last_due = due
@@ -414,7 +427,9 @@ class JitterBuffer:
         target = self._jitter * self._multiplier
         if target < self._min_delay:
             target = self._min_delay
-        elif target > self._max_delay:
+        if target < recent_lag + 2 * fs:
+            target = recent_lag + 2 * fs
+        if target > self._max_delay:
             target = self._max_delay
         if delay > target + fs + _EPS or delay > self._max_delay + _EPS:
             self._excess += 1

@@ -36,7 +36,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
@@ -48,7 +48,7 @@ from pipeline.bot.messages import ConversationBus, ConversationEvent, SendResult
 from pipeline.bot.send_routing import DEFAULT_SEND_TIMEOUT_S, REQUEST, RESULT, SendRouter
 from pipeline.runtime.errors import ServiceError
 from pipeline.server.auth import credentials_from_request, is_trusted
-from pipeline.server.http_front import HttpRequest, HttpResponse
+from pipeline.server.http_front import HostedServer, HttpRequest, HttpResponse
 from pipeline.server.workers import worker_index
 
 if TYPE_CHECKING:
@@ -467,19 +467,7 @@ async def open_redis_bus(
 # --- serve's use of it ------------------------------------------------------------------
 
 
-class _Server(Protocol):
-    """What the bus needs of :class:`~pipeline.server.voice_stream.VoiceStreamServer`."""
-
-    @property
-    def calls(self) -> dict[str, Any]: ...
-
-    @property
-    def config(self) -> Any: ...
-
-    def add_http_route(self, method: str, path: str, handler: Any) -> None: ...
-
-
-S = TypeVar("S", bound=_Server)
+S = TypeVar("S", bound=HostedServer)
 
 
 def serve_on_bus(

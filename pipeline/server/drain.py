@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import trio
 
 from pipeline.server.auth import credentials_from_request, is_trusted
-from pipeline.server.http_front import HttpRequest, HttpResponse
+from pipeline.server.http_front import HostedServer, HttpRequest, HttpResponse
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "DRAIN_PATH", "Drain"]
 
@@ -42,16 +42,8 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 DRAIN_PATH = "/admin/drain"
 
 
-class Drainable(Protocol):
+class Drainable(HostedServer, Protocol):
     """What a drain needs of :class:`~pipeline.server.voice_stream.VoiceStreamServer`."""
-
-    @property
-    def calls(self) -> dict[str, Any]: ...
-
-    @property
-    def config(self) -> Any: ...
-
-    def add_http_route(self, method: str, path: str, handler: Any) -> None: ...
 
     def start_draining(self) -> None: ...
 

@@ -31,7 +31,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -48,6 +48,7 @@ from pipeline.server.limits import (
 from pipeline.server.websocket_stream import WebSocketStream, open_server_websocket
 
 __all__ = [
+    "HostedServer",
     "HttpFront",
     "HttpHandler",
     "HttpRequest",
@@ -59,6 +60,21 @@ __all__ = [
 ]
 
 logger = logging.getLogger("voicegraph.http")
+
+
+class HostedServer(Protocol):
+    """What the server's helpers (workers, drain, the fleet's bus, metrics) need of
+    :class:`~pipeline.server.voice_stream.VoiceStreamServer`: its live calls, its
+    configuration, and routes of their own on its port."""
+
+    @property
+    def calls(self) -> dict[str, Any]: ...
+
+    @property
+    def config(self) -> Any: ...
+
+    def add_http_route(self, method: str, path: str, handler: Any) -> None: ...
+
 
 MAX_HEAD_BYTES = 16 * 1024
 DEFAULT_MAX_BODY = 64 * 1024

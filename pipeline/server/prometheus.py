@@ -48,7 +48,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 
 from pipeline.protocol.events import CloseCode
 from pipeline.server.auth import credentials_from_request, is_trusted
-from pipeline.server.http_front import HttpRequest, HttpResponse
+from pipeline.server.http_front import HostedServer, HttpRequest, HttpResponse
 
 __all__ = [
     "MULTIPROC_DIR_ENV",
@@ -217,22 +217,14 @@ def forget_worker(pid: int, directory: Path) -> None:
 # --- the server's own metrics -----------------------------------------------------------
 
 
-class _Server(Protocol):
+class _Server(HostedServer, Protocol):
     """What :class:`ServerMetrics` reads of a :class:`~pipeline.server.VoiceStreamServer`."""
 
     counters: dict[str, int]
     call_observers: list[Callable[[dict[str, Any]], None]]
 
     @property
-    def calls(self) -> Mapping[str, Any]: ...
-
-    @property
     def front(self) -> Any: ...
-
-    @property
-    def config(self) -> Any: ...
-
-    def add_http_route(self, method: str, path: str, handler: HttpHandler) -> None: ...
 
 
 _OUTCOMES = {

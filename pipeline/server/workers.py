@@ -57,12 +57,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from pipeline.server.auth import credentials_from_request, is_trusted
-from pipeline.server.http_front import HttpRequest, HttpResponse
+from pipeline.server.http_front import HostedServer, HttpRequest, HttpResponse
 from pipeline.server.prometheus import MULTIPROC_DIR_ENV, fleet_metrics_dir, forget_worker
 
 __all__ = [
@@ -140,19 +140,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
 # --- in a worker ----------------------------------------------------------------------
 
 
-class _Server(Protocol):
-    """What a worker needs of :class:`~pipeline.server.voice_stream.VoiceStreamServer`."""
-
-    @property
-    def calls(self) -> dict[str, Any]: ...
-
-    @property
-    def config(self) -> Any: ...
-
-    def add_http_route(self, method: str, path: str, handler: Any) -> None: ...
-
-
-S = TypeVar("S", bound=_Server)
+S = TypeVar("S", bound=HostedServer)
 
 
 def serve_as_worker(serve: Callable[[S], Awaitable[None]]) -> Callable[[S], Awaitable[None]]:
@@ -174,7 +162,7 @@ def serve_as_worker(serve: Callable[[S], Awaitable[None]]) -> Callable[[S], Awai
     return serve_in_fleet
 
 
-async def _heartbeat(server: _Server, fleet: Path, index: int) -> None:
+async def _heartbeat(server: HostedServer, fleet: Path, index: int) -> None:
     """Tell the fleet how this worker is, once a second; stop gracefully (as on SIGTERM)
     if the supervisor is gone."""
     path, parent = fleet / f"worker-{index}.json", os.getppid()
@@ -189,7 +177,7 @@ async def _heartbeat(server: _Server, fleet: Path, index: int) -> None:
 
 
 def _fleet_route(
-    server: _Server, fleet: Path, index: int
+    server: HostedServer, fleet: Path, index: int
 ) -> Callable[[HttpRequest], Awaitable[HttpResponse]]:
     async def health(request: HttpRequest) -> HttpResponse:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers]

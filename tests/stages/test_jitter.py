@@ -355,6 +355,50 @@ def test_a_missing_frame_under_target_holds_the_cursor_instead_of_losing_its_pac
     assert max(d for _, d, _ in trace) <= config.max_delay
 
 
+def stalled_driver(buffer: JitterBuffer, seconds: float, stall: float, every: float):
+    """Packets arrive exactly on time, but the driver's event loop stalls ``stall`` s
+    every ``every`` s: when it wakes it first plays the frames due meanwhile, then reads
+    the packets that came meanwhile (they were still in the socket)."""
+    arrivals = steady_stream(round(seconds / FS))
+    out: list[JitterOutput] = []
+    stalls = [START + every * (k + 1) for k in range(int(seconds / every))]
+    pending = list(arrivals)
+    for stalled_at in stalls:
+        woke = stalled_at + stall
+        while pending and pending[0][0] < stalled_at:
+            at, pkt = pending.pop(0)
+            tick_until(buffer, at, out, before=True)
+            buffer.push(pkt, at)
+        while (due := buffer.next_tick_at) is not None and due <= woke:
+            out.append(buffer.tick(woke if due > stalled_at else due))
+        while pending and pending[0][0] <= woke:
+            at, pkt = pending.pop(0)
+            buffer.push(pkt, at)
+    return out
+
+
+def test_the_drivers_own_lag_raises_the_delay_so_its_stalls_lose_no_packets():
+    """A loop busy for 60 ms every second (a loaded server) made every stall cost ~3
+    packets played as concealment; after the first stall the delay covers the lag."""
+    buffer = JitterBuffer(JitterConfig())
+    stalled_driver(buffer, seconds=20, stall=0.06, every=1.0)
+    stats = buffer.statistics()
+    # the frames are due every 20 ms from 40 ms after the first packet: the first one
+    # due in a stall is played 40 ms late
+    assert stats.max_tick_lag == pytest.approx(0.04, abs=0.001)
+    assert stats.late <= 3  # the first stall only
+    assert 0.04 + 2 * FS - 0.001 <= buffer.target_delay <= 0.3
+
+
+def test_the_lag_is_forgotten_once_the_driver_keeps_time_again():
+    buffer = JitterBuffer(JitterConfig())
+    stalled_driver(buffer, seconds=2, stall=0.06, every=1.0)
+    raised = buffer.target_delay
+    _, _ = simulate(buffer, steady_stream(1000, first=100, t0=START + 2), until=START + 22)
+    assert raised > 0.075
+    assert buffer.target_delay == pytest.approx(JitterConfig().min_delay, abs=0.002)
+
+
 def test_delay_is_capped_at_max_delay_under_huge_jitter():
     rng = random.Random(11)
     config = JitterConfig(max_delay=0.2)
