@@ -31,7 +31,7 @@ from benchmarks.barge_in_sounds import NON_SPEECH, non_speech
 from benchmarks.report import progress, timing_summary, write_report
 from benchmarks.speech_corpus import VOICES, mix_at_snr, noise, padded, speech, telephony
 from stages.turns import BargeIn, BotSpeech, Endpointer
-from stages.vad import WINDOW, SileroModel, SileroStream, VadFrame
+from stages.vad import WINDOW, SileroModel, VadFrame, frames_of
 from stages.voicing import VoicingGate
 
 SIZE = WINDOW[8000]
@@ -48,19 +48,6 @@ PHRASES = (
     "Yes please",
 )
 BACKCHANNELS = ("Mm-hmm.", "Uh-huh.", "Mm.")
-
-
-def silero_frames(model: SileroModel, audio: np.ndarray) -> list[VadFrame]:
-    stream = SileroStream(model)
-    return [
-        VadFrame(
-            samples=audio[i : i + SIZE],
-            start_sample=i,
-            probability=stream.probability(audio[i : i + SIZE]),
-            captured_at=0.0,
-        )
-        for i in range(0, len(audio) - SIZE + 1, SIZE)
-    ]
 
 
 def energy_frames(audio: np.ndarray, threshold: float = 300.0) -> list[VadFrame]:
@@ -95,7 +82,7 @@ def measure_speech(model: SileroModel, phrases: tuple[str, ...]) -> dict[str, An
                 clip = telephony(speech(text, voice))
                 if snr is not None:
                     clip = mix_at_snr(clip, noise(3.0, seed=7), snr)
-                frames = silero_frames(model, padded(clip, 0.5, 0.5))
+                frames = frames_of(model, padded(clip, 0.5, 0.5))
                 clips += 1
                 ungated = first_barge_in(frames, None)
                 if ungated is None:
@@ -134,7 +121,7 @@ def measure_non_speech(model: SileroModel, seeds: int) -> dict[str, Any]:
             row = table[kind]
             row["clips"] += 1
             for vad, frames in (
-                ("silero", silero_frames(model, audio)),
+                ("silero", frames_of(model, audio)),
                 ("energy", energy_frames(audio)),
             ):
                 row[vad] += first_barge_in(frames, None) is not None

@@ -51,6 +51,7 @@ __all__ = [
     "VadStream",
     "VoiceActivityDetector",
     "VoiceActivityStream",
+    "frames_of",
     "open_vad_service",
     "probabilities_of",
 ]
@@ -497,3 +498,22 @@ def probabilities_of(
     size = WINDOW[sample_rate]
     for start in range(0, len(samples) - size + 1, size):
         yield stream.probability(samples[start : start + size])
+
+
+def frames_of(model: SileroModel, samples: np.ndarray, sample_rate: int = 8000) -> list[VadFrame]:
+    """A whole clip as the VAD stage would frame it, window by window, offline (tests,
+    benchmarks: what an endpointer is fed, without a service or a clock)."""
+    size = WINDOW[sample_rate]
+    return [
+        VadFrame(
+            samples=samples[start : start + size],
+            start_sample=start,
+            probability=probability,
+            captured_at=0.0,
+        )
+        for start, probability in zip(
+            range(0, len(samples) - size + 1, size),
+            probabilities_of(model, samples, sample_rate),
+            strict=True,
+        )
+    ]

@@ -21,7 +21,14 @@ from stages.turns import (
     TurnConfig,
     TurnStage,
 )
-from stages.vad import WINDOW, SileroModel, SileroStream, VadFrame, VadStage, open_vad_service
+from stages.vad import (
+    WINDOW,
+    SileroModel,
+    VadFrame,
+    VadStage,
+    frames_of,
+    open_vad_service,
+)
 
 SIZE = WINDOW[8000]
 TOLERANCE = 480  # 60 ms at 8 kHz
@@ -31,19 +38,6 @@ HANGOVER = TurnConfig(mode="hangover")  # today's fixed 600 ms rule, the baselin
 @pytest.fixture(scope="module")
 def model() -> SileroModel:
     return SileroModel()
-
-
-def vad_frames(model: SileroModel, audio: np.ndarray) -> list[VadFrame]:
-    stream = SileroStream(model)
-    return [
-        VadFrame(
-            samples=audio[i : i + SIZE],
-            start_sample=i,
-            probability=stream.probability(audio[i : i + SIZE]),
-            captured_at=0.0,
-        )
-        for i in range(0, len(audio) - SIZE + 1, SIZE)
-    ]
 
 
 def run(endpointer: Endpointer, frames: list[VadFrame]) -> list:
@@ -56,7 +50,7 @@ def run(endpointer: Endpointer, frames: list[VadFrame]) -> list:
 def test_boundaries_land_within_60_ms(model, voice, text):
     clip = telephony(speech(text, voice))
     audio = padded(clip, 1.0, 1.5)
-    events = run(Endpointer(HANGOVER), vad_frames(model, audio))
+    events = run(Endpointer(HANGOVER), frames_of(model, audio))
     assert [type(e) for e in events] == [SpeechStarted, SpeechPaused, SpeechSegment]
     started, paused, segment = events
     # the tentative turn is the committed one: work started on it stays valid
@@ -78,7 +72,7 @@ def test_a_pause_the_caller_talks_through_is_retracted(model):
     first = telephony(speech("My number is five five five."))
     second = telephony(speech("One two three four."))
     audio = np.concatenate([silence(0.5), first, silence(0.4), second, silence(1.0)])
-    events = run(Endpointer(TurnConfig(early_silence_ms=250)), vad_frames(model, audio))
+    events = run(Endpointer(TurnConfig(early_silence_ms=250)), frames_of(model, audio))
     kinds = [type(e) for e in events]
     assert kinds == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechSegment]
     resumed = events[2]
@@ -89,7 +83,7 @@ def test_a_pause_the_caller_talks_through_is_retracted(model):
 def test_no_early_pause_when_disabled(model):
     audio = padded(telephony(speech("Yes.")), 1.0, 1.5)
     events = run(
-        Endpointer(TurnConfig(mode="hangover", early_silence_ms=None)), vad_frames(model, audio)
+        Endpointer(TurnConfig(mode="hangover", early_silence_ms=None)), frames_of(model, audio)
     )
     assert [type(e) for e in events] == [SpeechStarted, SpeechSegment]
 
@@ -101,13 +95,13 @@ def test_pause_shorter_than_hangover_keeps_one_turn(model):
     long_pause = np.concatenate([silence(0.5), first, silence(1.0), second, silence(1.0)])
     segments = [
         e
-        for e in run(Endpointer(HANGOVER), vad_frames(model, short_pause))
+        for e in run(Endpointer(HANGOVER), frames_of(model, short_pause))
         if isinstance(e, SpeechSegment)
     ]
     assert len(segments) == 1
     segments = [
         e
-        for e in run(Endpointer(HANGOVER), vad_frames(model, long_pause))
+        for e in run(Endpointer(HANGOVER), frames_of(model, long_pause))
         if isinstance(e, SpeechSegment)
     ]
     assert len(segments) == 2
@@ -116,7 +110,7 @@ def test_pause_shorter_than_hangover_keeps_one_turn(model):
 
 def test_hangover_is_configurable(model):
     audio = padded(telephony(speech("Okay.")), 0.5, 1.0)
-    frames = vad_frames(model, audio)
+    frames = frames_of(model, audio)
     fast = [
         e
         for e in run(Endpointer(TurnConfig(mode="hangover", min_silence_ms=200)), frames)
@@ -147,7 +141,7 @@ def test_forced_cut_at_max_utterance(model):
     audio = padded(
         telephony(speech("I would like to check the status of my order, please.")), 0.5, 1.0
     )
-    events = run(Endpointer(TurnConfig(max_utterance_s=1.0)), vad_frames(model, audio))
+    events = run(Endpointer(TurnConfig(max_utterance_s=1.0)), frames_of(model, audio))
     segments = [e for e in events if isinstance(e, SpeechSegment)]
     assert len(segments) >= 2
     assert segments[0].forced
@@ -156,14 +150,14 @@ def test_forced_cut_at_max_utterance(model):
 
 def test_click_is_not_a_turn(model):
     audio = telephony(np.concatenate([silence(0.5), click(0.1), silence(1.0)]))
-    assert run(Endpointer(), vad_frames(model, audio)) == []
+    assert run(Endpointer(), frames_of(model, audio)) == []
 
 
 def barge_events(model, audio, *, speaking=True, gate=None) -> list[BargeIn]:
     bot = BotSpeech()
     endpointer = Endpointer(bot=bot, barge_in_gate=gate)
     with bot.speaking_scope() if speaking else _nothing():
-        events = run(endpointer, vad_frames(model, audio))
+        events = run(endpointer, frames_of(model, audio))
     return [e for e in events if isinstance(e, BargeIn)]
 
 
@@ -202,7 +196,7 @@ def test_barge_in_fires_on_400_ms_of_speech(model):
 def test_barge_in_rearms_when_the_bot_talks_again_within_one_turn(model):
     """A reply resumed after a false interruption can be cut again by the same turn."""
     words = telephony(speech("Hello there, can you hear me? I have a question for you."))
-    frames = vad_frames(model, np.concatenate([silence(0.5), words, silence(0.5)]))
+    frames = frames_of(model, np.concatenate([silence(0.5), words, silence(0.5)]))
     bot = BotSpeech()
     endpointer = Endpointer(TurnConfig(mode="hangover"), bot=bot)
     barges = []
@@ -223,7 +217,7 @@ def test_barge_in_is_stricter_than_speech_start(model):
     audio = np.concatenate([silence(0.5), words, silence(1.0)])
     bot = BotSpeech()
     bot.speaking = True
-    events = run(Endpointer(bot=bot), vad_frames(model, audio))
+    events = run(Endpointer(bot=bot), frames_of(model, audio))
     assert any(isinstance(e, SpeechStarted) for e in events)
     assert not any(isinstance(e, BargeIn) for e in events)
 
@@ -280,7 +274,7 @@ def test_semantic_mode_leaves_the_decision_to_the_pause_and_bounds_it_at_max_wai
     config = TurnConfig(mode="semantic", max_wait_ms=2000.0)
     endpointer = Endpointer(config)
     decided: dict[type, int] = {}
-    for frame in vad_frames(model, audio):
+    for frame in frames_of(model, audio):
         for event in endpointer.process(frame):
             decided.setdefault(type(event), frame.end_sample)
     assert set(decided) == {SpeechStarted, SpeechPaused, SpeechSegment}
@@ -295,7 +289,7 @@ def test_semantic_mode_keeps_one_turn_through_a_one_second_pause(model):
     first = telephony(speech("My name is"))
     second = telephony(speech("John Smith."))
     audio = np.concatenate([silence(0.5), first, silence(1.0), second, silence(2.5)])
-    events = run(Endpointer(TurnConfig()), vad_frames(model, audio))
+    events = run(Endpointer(TurnConfig()), frames_of(model, audio))
     kinds = [type(e) for e in events]
     assert kinds == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechSegment]
     first_pause, second_pause, segment = events[1], events[3], events[4]
@@ -306,7 +300,7 @@ def test_semantic_mode_keeps_one_turn_through_a_one_second_pause(model):
 
 def test_hangover_mode_ignores_max_wait(model):
     audio = padded(telephony(speech("Okay.")), 0.5, 1.0)
-    frames = vad_frames(model, audio)
+    frames = frames_of(model, audio)
     ends = {}
     for max_wait in (700.0, 1500.0):
         endpointer = Endpointer(TurnConfig(mode="hangover", max_wait_ms=max_wait))

@@ -12,7 +12,7 @@ import pytest
 from benchmarks.barge_in_sounds import NON_SPEECH, non_speech
 from benchmarks.speech_corpus import VOICES, noise, padded, speech, telephony
 from stages.turns import BargeIn, BotSpeech, Endpointer
-from stages.vad import WINDOW, SileroModel, SileroStream, VadFrame
+from stages.vad import WINDOW, SileroModel, VadFrame, frames_of
 from stages.voicing import (
     VoicingConfig,
     VoicingGate,
@@ -28,19 +28,6 @@ RATE = 8000
 @pytest.fixture(scope="module")
 def model() -> SileroModel:
     return SileroModel()
-
-
-def silero_frames(model: SileroModel, audio: np.ndarray) -> list[VadFrame]:
-    stream = SileroStream(model)
-    return [
-        VadFrame(
-            samples=audio[i : i + SIZE],
-            start_sample=i,
-            probability=stream.probability(audio[i : i + SIZE]),
-            captured_at=0.0,
-        )
-        for i in range(0, len(audio) - SIZE + 1, SIZE)
-    ]
 
 
 def energy_frames(audio: np.ndarray, threshold: float = 300.0) -> list[VadFrame]:
@@ -95,7 +82,7 @@ def test_non_speech_over_the_bot_makes_no_barge_in(kind, seed):
 @pytest.mark.parametrize("text", ["Stop.", "Sorry, wait.", "Hello there, can you hear me?"])
 def test_speech_still_barges_in_within_two_windows(model, voice, text):
     audio = padded(telephony(speech(text, voice)), 0.5, 0.5)
-    frames = silero_frames(model, audio)
+    frames = frames_of(model, audio)
     (ungated,) = barge_ins(frames)
     (gated,) = barge_ins(frames, VoicingGate())
     assert gated.sample == ungated.sample
