@@ -46,7 +46,7 @@ from stages.stt_remote import create_stt
 from stages.turns import TurnConfig
 from stages.voicing import TerminalPitch, terminal_pitch
 
-__all__ = ["VARIANTS", "PauseEvidence", "gather", "policy_of", "replay", "summarize"]
+__all__ = ["VARIANTS", "PauseEvidence", "gather", "replay", "summarize"]
 
 RATE = 8000
 VAD_WINDOW_MS = 32.0
@@ -139,19 +139,6 @@ async def gather(
     return evidence
 
 
-def policy_of(turns: TurnConfig) -> EndOfTurnPolicy:
-    return EndOfTurnPolicy(
-        complete_threshold=turns.complete_threshold,
-        incomplete_threshold=turns.incomplete_threshold,
-        use_words=turns.use_words,
-        use_confidence=turns.use_confidence,
-        use_pitch=turns.use_pitch,
-        graded_wait=turns.graded_wait,
-        early_ms=turns.early_silence_ms or 0.0,
-        unsure_wait_ms=turns.unsure_wait_ms,
-    )
-
-
 def reaction_ms(turns: TurnConfig) -> float:
     """How long after the caller goes on the bot can know it: ``min_speech_ms`` of
     speech, on the VAD's 32 ms windows. A commit in that gap is already a cut-in."""
@@ -161,7 +148,7 @@ def reaction_ms(turns: TurnConfig) -> float:
 def replay(evidence: Sequence[PauseEvidence], turns: TurnConfig) -> list[dict[str, Any]]:
     """Each pause judged by ``turns``' policy: verdict, wait, cut-in (inner pauses) or
     end wait (final pauses)."""
-    policy = policy_of(turns)
+    policy = EndOfTurnPolicy.of(turns)
     rows = []
     for pause in evidence:
         model = None if turns.turn_model == "none" else pause.model_probability

@@ -67,11 +67,14 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from itertools import dropwhile, takewhile
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from stages.voicing import TerminalPitch
+
+if TYPE_CHECKING:
+    from stages.turns import TurnConfig
 
 __all__ = [
     "EndOfTurnPolicy",
@@ -350,6 +353,20 @@ class EndOfTurnPolicy:
     graded_wait: bool = True
     early_ms: float = 160.0
     unsure_wait_ms: float = 1200.0
+
+    @classmethod
+    def of(cls, turns: TurnConfig) -> EndOfTurnPolicy:
+        """The policy a ``[turns]`` configuration asks for."""
+        return cls(
+            complete_threshold=turns.complete_threshold,
+            incomplete_threshold=turns.incomplete_threshold,
+            use_words=turns.use_words,
+            use_confidence=turns.use_confidence,
+            use_pitch=turns.use_pitch,
+            graded_wait=turns.graded_wait,
+            early_ms=turns.early_silence_ms or 0.0,
+            unsure_wait_ms=turns.unsure_wait_ms,
+        )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.incomplete_threshold <= self.complete_threshold <= 1.0:

@@ -73,16 +73,7 @@ class TurnJudge:
     def __init__(self, config: TurnConfig, model: TurnCompletionModel | None) -> None:
         self.config = config
         self.model = model if config.turn_model != "none" else None
-        self.policy = EndOfTurnPolicy(
-            complete_threshold=config.complete_threshold,
-            incomplete_threshold=config.incomplete_threshold,
-            use_words=config.use_words,
-            use_confidence=config.use_confidence,
-            use_pitch=config.use_pitch,
-            graded_wait=config.graded_wait,
-            early_ms=config.early_silence_ms or 0.0,
-            unsure_wait_ms=config.unsure_wait_ms,
-        )
+        self.policy = EndOfTurnPolicy.of(config)
         self.counts: dict[str, int] = {
             "judged": 0,
             "complete": 0,
