@@ -147,11 +147,11 @@ async def llm_shape(
 # --- STT --------------------------------------------------------------------------------
 
 
-async def stt_shape(workers: int, loads: Sequence[int], rounds: int) -> dict[str, Any]:
-    config = SttConfig(workers=workers, cpu_threads=max(1, CORES // workers))
-    service = SttService(config)
-    await service.setup()
-    clips = [load_audio(DEMO_AUDIO / f"{name}.wav") for name in ("01-hello", "02-hours")]
+async def latency_rows(
+    label: str, loads: Sequence[int], rounds: int, request: Callable[[int], Awaitable[None]]
+) -> list[dict[str, Any]]:
+    """For each load, that many calls each making ``rounds`` requests (call i's n-th asks
+    ``request(i + n)``): latency p50/p95 and requests per second."""
     rows = []
     for calls in loads:
         latencies: list[float] = []
@@ -159,7 +159,7 @@ async def stt_shape(workers: int, loads: Sequence[int], rounds: int) -> dict[str
         async def one_call(index: int, latencies: list[float] = latencies) -> None:
             for turn in range(rounds):
                 started = time.perf_counter()
-                await service.transcribe(clips[(index + turn) % len(clips)])
+                await request(index + turn)
                 latencies.append(time.perf_counter() - started)
 
         wall = await concurrently(calls, one_call)
@@ -171,7 +171,20 @@ async def stt_shape(workers: int, loads: Sequence[int], rounds: int) -> dict[str
                 "per_s": round(len(latencies) / wall, 2),
             }
         )
-        progress(f"  stt workers={workers} calls={calls}: {rows[-1]}")
+        progress(f"  {label} calls={calls}: {rows[-1]}")
+    return rows
+
+
+async def stt_shape(workers: int, loads: Sequence[int], rounds: int) -> dict[str, Any]:
+    config = SttConfig(workers=workers, cpu_threads=max(1, CORES // workers))
+    service = SttService(config)
+    await service.setup()
+    clips = [load_audio(DEMO_AUDIO / f"{name}.wav") for name in ("01-hello", "02-hours")]
+
+    async def transcribe(n: int) -> None:
+        await service.transcribe(clips[n % len(clips)])
+
+    rows = await latency_rows(f"stt workers={workers}", loads, rounds, transcribe)
     await service.aclose()
     return {"workers": workers, "threads_each": config.cpu_threads, "rows": rows}
 
@@ -182,26 +195,11 @@ async def stt_shape(workers: int, loads: Sequence[int], rounds: int) -> dict[str
 async def tts_shape(workers: int, loads: Sequence[int], rounds: int) -> dict[str, Any]:
     tts = PiperTts(threads=max(1, CORES // workers), workers=workers)
     await tts.setup()
-    rows = []
-    for calls in loads:
-        latencies: list[float] = []
 
-        async def one_call(index: int, latencies: list[float] = latencies) -> None:
-            for turn in range(rounds):
-                started = time.perf_counter()
-                await tts.synthesize(SENTENCES[(index + turn) % len(SENTENCES)])
-                latencies.append(time.perf_counter() - started)
+    async def synthesize(n: int) -> None:
+        await tts.synthesize(SENTENCES[n % len(SENTENCES)])
 
-        wall = await concurrently(calls, one_call)
-        rows.append(
-            {
-                "calls": calls,
-                "p50_ms": p(latencies, 50),
-                "p95_ms": p(latencies, 95),
-                "per_s": round(len(latencies) / wall, 2),
-            }
-        )
-        progress(f"  tts workers={workers} calls={calls}: {rows[-1]}")
+    rows = await latency_rows(f"tts workers={workers}", loads, rounds, synthesize)
     await tts.aclose()
     return {"workers": workers, "threads_each": max(1, CORES // workers), "rows": rows}
 
