@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks.barge_in_sounds import NON_SPEECH, non_speech
 from benchmarks.report import progress, timing_summary, write_report
 from benchmarks.speech_corpus import VOICES, mix_at_snr, noise, padded, speech, telephony
-from stages.turns import BargeIn, BotSpeech, Endpointer
+from stages.turns import BargeIn, BotSpeech, Endpointer, TurnConfig
 from stages.vad import WINDOW, SileroModel, VadFrame, frames_of
 from stages.voicing import VoicingGate
 
@@ -164,7 +164,9 @@ def main() -> None:
     model = SileroModel()
     phrases = PHRASES[:4] if args.quick else PHRASES
     progress(f"speech: {len(phrases)} phrases x {len(VOICES)} voices x clean/15 dB")
-    results: dict[str, Any] = {"speech": measure_speech(model, phrases)}
+    gate_ms = TurnConfig().barge_in_min_speech_ms
+    results: dict[str, Any] = {"barge_in_min_speech_ms": gate_ms}
+    results["speech"] = measure_speech(model, phrases)
     progress("non-speech: Silero and an energy VAD, with and without the gate")
     results["non_speech"] = measure_non_speech(model, 3 if args.quick else 10)
     results["voiced_backchannels_passing"] = measure_backchannels(model)

@@ -213,7 +213,7 @@ def test_barge_in_needs_the_bot_to_be_speaking(model):
 
 
 def test_barge_in_is_stricter_than_speech_start(model):
-    words = telephony(speech("Hello there, can you hear me?"))[:1600]  # 200 ms: a "mm"
+    words = telephony(speech("Hello there, can you hear me?"))[:1200]  # 150 ms: a blip
     audio = np.concatenate([silence(0.5), words, silence(1.0)])
     bot = BotSpeech()
     bot.speaking = True
