@@ -310,7 +310,7 @@ class Responder(Stage[Any, Any]):
         except LlmError as exc:
             self.failures += 1
             reply.llm_failed = True
-            reply.error = str(exc)
+            reply.note_failure("llm", str(exc))
             if not reply.text and self.fallback_line:  # a failure mid-reply keeps its words
                 await self._say_whole(heard, self.fallback_line, outbox)
 

@@ -94,7 +94,7 @@ class Transcriber(Stage[Any, Any]):
         self.failures += 1
         reply = frame.reply
         reason = str(exc) if isinstance(exc, SttError) else f"no transcript in {self.timeout_s:g} s"
-        reply.error = f"{reply.error}; stt: {reason}" if reply.error else f"stt: {reason}"
+        reply.note_failure("stt", reason)
         if self.fallback_line:
             reply.text, reply.answered_by = self.fallback_line, "fallback"
             line = self.fallback_line

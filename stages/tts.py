@@ -355,7 +355,7 @@ class Synthesizer(Stage[Any, Any]):
         self.failures += 1
         reply = frame.reply
         why = str(exc) if isinstance(exc, TtsError) else f"no audio in {self.timeout_s:g} s"
-        reply.error = f"{reply.error}; tts: {why}" if reply.error else f"tts: {why}"
+        reply.note_failure("tts", why)
 
     def _fallback_due(self, frame: SpeakableText) -> bool:
         """Whether a failed piece leaves the caller in silence, with a line to say instead."""

@@ -46,8 +46,8 @@ How a turn is found (all times in :class:`TurnConfig`):
 
 Barge-in: while the bot is speaking (``BotSpeech.speaking``, a flag the turn manager
 sets around playback), a stricter gate applies: ``barge_in_min_speech_ms`` (default
-190 ms, six 32 ms VAD windows) of continuous speech, at or above ``barge_in_threshold`` since the run
-rose above ``release_threshold`` (where the speech began), before a
+190 ms: six 32 ms VAD windows) of continuous speech, at or above ``barge_in_threshold``
+since the run rose above ``release_threshold`` (where the speech began), before a
 :class:`BargeIn` is emitted, once per stretch of speech, so a click, a cough or line
 noise does not stop the bot. ``barge_in_gate``, if given, is a further predicate
 over the caller's audio so far: the hook for a words-based gate (e.g. "only if a

@@ -82,7 +82,7 @@ class Reply:
     text: str = ""
     answered_by: str = ""
     llm_failed: bool = False
-    error: str = ""  # why the LLM failed, for the log
+    error: str = ""  # what failed, "service: why" parts joined by "; " (see note_failure)
     guarded: str = ""  # what reply guards did, comma-separated: repeat, repeat_fallback, length
     timings_ms: dict[str, float] = field(default_factory=dict)
     pieces_queued: int = 0
@@ -97,6 +97,12 @@ class Reply:
     # nothing more is said: the voice failed before any of it was heard, and the
     # fallback line was said instead (the responder stops, later pieces are dropped)
     ended: bool = False
+
+    def note_failure(self, service: str, why: str) -> None:
+        """Add ``service: why`` to :attr:`error`, keeping what failed earlier in the turn
+        (an STT timeout, then the LLM): metrics count each service from these prefixes."""
+        part = f"{service}: {why}"
+        self.error = f"{self.error}; {part}" if self.error else part
 
     def mark(self, name: str, now: float | None = None) -> None:
         """Note when a step first happened (later calls for the same step are ignored)."""

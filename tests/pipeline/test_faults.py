@@ -251,8 +251,8 @@ async def test_stt_or_llm_failing_says_the_fallback_line_and_the_call_goes_on(
     expected = {
         ("stt", "raise"): "stt: injected stt fault in a transcription",
         ("stt", "hang"): f"stt: no transcript in {DEADLINE:g} s",
-        ("llm", "raise"): "injected llm fault before the first word",
-        ("llm", "hang"): f"no reply within {DEADLINE:g} s",
+        ("llm", "raise"): "llm: injected llm fault before the first word",
+        ("llm", "hang"): f"llm: no reply within {DEADLINE:g} s",
     }[role, kind]
     assert failed.error == expected
     assert failed.llm_failed == (role == "llm")
@@ -294,7 +294,7 @@ async def test_llm_failing_mid_reply_keeps_what_was_said_without_the_fallback(
     assert (failed.reply_text, failed.heard_text) == ("You said:", "You said:")
     assert failed.llm_failed
     reason = "injected llm fault after 2 words" if kind == "raise" else "the reply stalled"
-    assert failed.error.startswith(reason)
+    assert failed.error.startswith(f"llm: {reason}")
     assert FALLBACK not in harness.tts.spoken
 
 

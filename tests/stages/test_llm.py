@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import trio
 
-from stages.llm import EchoLlm, LlmBackend, LlmError, Message, complete, create_llm
+from pipeline.runtime.dialogue import CallerText, Reply
+from pipeline.runtime.graph import open_chain
+from stages.llm import EchoLlm, LlmBackend, LlmError, Message, Responder, complete, create_llm
 from stages.llm_local import LlamaCppLlm
 from stages.llm_openai import OpenAiCompatibleLlm, chat_completions_url
 from stages.llm_pool import LlmShed
@@ -434,3 +436,22 @@ async def test_local_model_missing_or_broken_is_a_clear_error_at_setup(tmp_path:
         await LlamaCppLlm(broken).setup()
     with pytest.raises(LlmError, match="setup"):
         await complete(LlamaCppLlm(broken), HELLO)
+
+
+# --- the responder's failure note ------------------------------------------------------
+
+
+async def test_an_llm_failure_keeps_the_earlier_failure_of_the_turn() -> None:
+    """An STT timeout, then the LLM failing on the fallback words: /metrics counts both
+    services (it reads the ``service:`` prefixes), so the LLM's note must not erase the
+    STT's."""
+    reply = Reply(turn=1, speech_ended_at=0.0)
+    reply.note_failure("stt", "no transcript in 5 s")
+    send, receive = trio.open_memory_channel[Any](1)
+    send.send_nowait(CallerText(reply=reply, text="hello", captured_at=0.0))
+    send.close()
+    async with open_chain(Responder(EchoLlm(fail_after_words=0)), source=receive) as chain:
+        _ = [frame async for frame in chain.outputs]
+    assert reply.llm_failed
+    failed = "llm: echo LLM failing on purpose after 0 words"
+    assert reply.error == f"stt: no transcript in 5 s; {failed}"
