@@ -20,7 +20,8 @@ short window used naively repeats phrases, so the result is only trusted when:
 - the decoder stopped by itself within a token budget bounded by the duration
   (``token_base + tokens_per_second × seconds``);
 - the words contain no repetition loop (a word thrice in a row, a run of two or
-  more words twice in a row, or the opening two words again later), digits excepted
+  more words twice in a row, or the utterance started over: its opening words again
+  at a later sentence's start; :mod:`stages.transcript_checks`), digits excepted
   ("five five five" is a phone number, not a loop);
 - it is confident: average log-probability >= ``short_log_prob_threshold`` and
   no-speech probability < ``no_speech_threshold``.
@@ -55,7 +56,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -74,6 +74,7 @@ from stages.priority import PriorityLimiter
 from stages.remote import RemoteOptions
 from stages.resample import resample, to_float32
 from stages.transcriber import Transcriber  # the reply path's STT step, re-exported
+from stages.transcript_checks import hallucination, repetition, trim_loop
 
 __all__ = [
     "PHANTOM_PHRASES",
@@ -176,85 +177,6 @@ class TranscriptFrame(Frame):
     @property
     def text(self) -> str:
         return self.transcript.text
-
-
-def _normal_words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-
-
-def hallucination(
-    text: str,
-    *,
-    avg_logprob: float,
-    no_speech_prob: float,
-    level_dbfs: float,
-    no_speech_threshold: float,
-    log_prob_threshold: float,
-    silence_dbfs: float,
-    phantom_phrases: frozenset[str] | set[str],
-) -> str | None:
-    """Why a transcript is Whisper's invention rather than speech, or None: the local
-    service and a remote server's answers go through the same guard."""
-    if not text:
-        return None
-    if no_speech_prob > no_speech_threshold and avg_logprob < log_prob_threshold:
-        return "no speech"
-    phrase = " ".join(_normal_words(text))
-    near_silent = level_dbfs < silence_dbfs + 15.0
-    if phrase in phantom_phrases and (near_silent or no_speech_prob > 0.5):
-        return "phantom phrase"
-    return None
-
-
-def repetition(text: str) -> str | None:
-    """Why ``text`` looks like a decoding loop, or None."""
-    words = _normal_words(text)
-    for i in range(len(words) - 2):
-        if words[i] == words[i + 1] == words[i + 2] and not _is_digit_word(words[i]):
-            return "word repeated"
-    for n in range(2, len(words) // 2 + 1):
-        for i in range(len(words) - 2 * n + 1):
-            if words[i : i + n] == words[i + n : i + 2 * n]:
-                return "phrase repeated"
-    if len(words) >= 4:
-        opening = words[:2]
-        if any(words[i : i + 2] == opening for i in range(2, len(words) - 1)):
-            return "opening repeated"
-    return None
-
-
-_DIGIT_WORDS = frozenset({
-    "zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-    "double", "triple",
-})  # fmt: skip
-
-
-def _is_digit_word(word: str) -> bool:
-    """Numbers and number words repeat for real: "five five five", "0 0 7"."""
-    return word.isdigit() or word in _DIGIT_WORDS
-
-
-def trim_loop(text: str) -> str:
-    """Cut a short-window decoding loop back to its first period.
-
-    "Yes. Yes. Yes. Yes" -> "Yes."; "...my order. I" -> "...my order." The words must
-    repeat with a fixed period up to the end (a partial last repeat is fine), and
-    either repeat in full at least once or the first period must end in punctuation,
-    so a real "no thanks, no" or "five five five two" is left alone. The token budget
-    may cut the last word short: "sourdough, sourdough, sour" -> "sourdough".
-    """
-    raw = text.split()
-    words = [" ".join(_normal_words(w)) for w in raw]
-    n = len(words)
-    for k in range(1, n):
-        cut_short = words[-1] and words[n - 1 - k].startswith(words[-1])
-        if all(words[i] == words[i - k] for i in range(k, n - 1)) and (
-            words[-1] == words[n - 1 - k] or cut_short
-        ):
-            if n >= 2 * k or raw[k - 1][-1:] in ".?!,":
-                return " ".join(raw[:k]).rstrip(",")
-            break
-    return text
 
 
 def vocabulary_prompt(vocabulary: tuple[str, ...]) -> str:

@@ -70,6 +70,13 @@ def test_repetition_and_loop_trimming():
     assert repetition("Five five five, two one nine eight.") is None
     assert repetition("5 5 5 2 1 9 8") is None
     assert repetition("time time time two one") == "word repeated"
+    # a restart: at a sentence start, three words again, or two cut off at the end
+    assert repetition("Can I book a table? Can I book") == "opening repeated"
+    assert repetition("I want to return the shoes and I want to") == "opening repeated"
+    assert repetition("I would like the cake I would") == "opening repeated"
+    # speech says its opening words again inside a sentence
+    assert repetition("I want to return the shoes I want yesterday.") is None
+    assert repetition("I need to know if I need a visa.") is None
     assert trim_loop("Not really. Not really. Not") == "Not really."
     assert trim_loop("Five five five two one") == "Five five five two one"
 
