@@ -18,6 +18,7 @@ from pipeline.runtime.frames import Frame, RawPacket
 from pipeline.runtime.stage import Stage
 
 __all__ = [
+    "FIXED_HEADER",
     "PAYLOAD_TYPE_PCMU",
     "RtpDepacketizer",
     "RtpError",

@@ -81,7 +81,9 @@ def speech_onset_offset(samples: np.ndarray, threshold_dbfs: float = -45.0) -> i
 @asynccontextmanager
 async def serve_on_loopback(bot: InstrumentedBot) -> AsyncIterator[tuple[VoiceStreamServer, str]]:
     """Start ``bot`` on a free 127.0.0.1 port (models load first); shut down on exit."""
-    server = VoiceStreamServer(ServerConfig(host="127.0.0.1", port=0), bot)
+    # as `voicegraph serve` runs: the start-up heap frozen once the models are loaded
+    config = ServerConfig(host="127.0.0.1", port=0, freeze_start_up_heap=True)
+    server = VoiceStreamServer(config, bot)
     async with trio.open_nursery() as nursery:
         ws_server = await nursery.start(server.serve)
         try:

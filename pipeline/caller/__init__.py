@@ -42,6 +42,7 @@ from pipeline.caller.emulator import (
     save_call,
     speech_end_offset,
 )
+from pipeline.caller.frames import FrameSender, masked_frame
 
 __all__ = [
     "AudioFileError",
@@ -59,6 +60,7 @@ __all__ = [
     "EmulatedCall",
     "FileInput",
     "FileOutput",
+    "FrameSender",
     "GeneratorInput",
     "Impairments",
     "InvalidAuthenticationToken",
@@ -75,6 +77,7 @@ __all__ = [
     "converse",
     "get_media_list",
     "load_audio",
+    "masked_frame",
     "open_call",
     "open_client",
     "save_call",

@@ -270,6 +270,7 @@ def main(args: argparse.Namespace) -> int:
         record_dir=args.record,
         max_connections=max_connections,
         max_connections_per_source=args.max_connections_per_source,
+        freeze_start_up_heap=True,  # this process is the server: nothing else shares it
     )
     server = VoiceStreamServer(config, bot, bots=bots)
     metrics = add_metrics(server, messages)

@@ -33,6 +33,7 @@ from pipeline.protocol.identifiers import (
     mobile_no_problem,
 )
 from pipeline.protocol.payload import (
+    BufferJsonCache,
     PayloadError,
     decode_payload,
     encode_base64,
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_CALL_ID_CHARS",
     "MAX_MESSAGE_SIZE",
     "MAX_MOBILE_NO_CHARS",
+    "BufferJsonCache",
     "CallClosed",
     "ClientProtocol",
     "ClientState",

