@@ -46,7 +46,7 @@ How a turn is found (all times in :class:`TurnConfig`):
 
 Barge-in: while the bot is speaking (``BotSpeech.speaking``, a flag the turn manager
 sets around playback), a stricter gate applies: ``barge_in_min_speech_ms`` (default
-190 ms: six 32 ms VAD windows) of continuous speech, at or above ``barge_in_threshold``
+160 ms: five 32 ms VAD windows) of continuous speech, at or above ``barge_in_threshold``
 since the run rose above ``release_threshold`` (where the speech began), before a
 :class:`BargeIn` is emitted, once per stretch of speech, so a click, a cough or line
 noise does not stop the bot. ``barge_in_gate``, if given, is a further predicate
@@ -107,7 +107,7 @@ class TurnConfig:
     refine_floor_dbfs: float = -48.0
     max_utterance_s: float = 30.0
     barge_in_threshold: float = 0.6
-    barge_in_min_speech_ms: float = 190.0
+    barge_in_min_speech_ms: float = 160.0
     early_silence_ms: float | None = 160.0
     # end of turn by meaning (stages.end_of_turn; the turn manager decides)
     mode: str = "semantic"  # semantic | hangover (the fixed min_silence_ms rule)

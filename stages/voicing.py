@@ -1,7 +1,7 @@
 """Is a sound voiced speech? A cheap periodicity measure for the barge-in gate.
 
 A VAD's probability says "speech-like", and a cough, a knock on the handset, a door
-or a burst of line noise can hold it above the barge-in threshold for the 190 ms the
+or a burst of line noise can hold it above the barge-in threshold for the 160 ms the
 gate asks (an energy VAD always; Silero rejected every such sound we generated, and
 this gate backs it up). What those sounds lack is *voicing*: the vocal folds' pulses,
 which put a steady pitch (60-400 Hz) into every vowel, "mm" and "n". This module
@@ -20,7 +20,7 @@ says yes once the caller's audio since the speech start holds a voiced run of
 ``min_voiced_ms``. It keeps what it has analysed per speech start, so each call costs
 only the frames new since the last one (the endpointer asks at every 32 ms window).
 A short *voiced* sound ("mm", "uh-huh") passes: voicing cannot tell a backchannel
-from a "no" in 190 ms. The turn manager resumes the bot's reply when such a barge-in
+from a "no" in 160 ms. The turn manager resumes the bot's reply when such a barge-in
 turns out to carry no words (:mod:`pipeline.bot.resumption`).
 """
 

@@ -34,7 +34,7 @@ prefix of its words for the whole (a period, a split word).
 If the caller goes on after such an early commit, within ``continuation_ms`` of
 silence, the endpointer's turn is still open (its segment had not come): a reply that
 has sent nothing is dropped, one that is playing is stopped as soon as the barge-in
-gate hears a voice (``interrupt``, about 190 ms; a cough does not stop it; not in half
+gate hears a voice (``interrupt``, about 160 ms; a cough does not stop it; not in half
 duplex), and the whole sentence, audio from the original onset, is
 answered at the next pause. Speech after a longer silence is taken as a reply to the
 bot, not more of the sentence: the barge-in gate decides whether it stops the bot, and

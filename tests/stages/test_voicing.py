@@ -91,7 +91,7 @@ def test_speech_still_barges_in_within_two_windows(model, voice, text):
 
 @pytest.mark.parametrize("text", ["Mm-hmm.", "Uh-huh."])
 def test_a_voiced_backchannel_passes_the_gate(text):
-    """By design: 190 ms of voicing cannot tell "mm" from "no". Its turn has no words,
+    """By design: 160 ms of voicing cannot tell "mm" from "no". Its turn has no words,
     so the bot resumes its reply (pipeline.bot.resumption)."""
     audio = padded(telephony(speech(text)), 0.5, 0.5)
     assert barge_ins(energy_frames(audio), VoicingGate())
