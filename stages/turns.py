@@ -379,6 +379,7 @@ class Endpointer:
             and silent_for >= self._ms(config.early_silence_ms, rate)
         ):
             self._paused = True
+            self._barged = False  # what the caller says after the pause may barge in again
             self.counts["pauses"] += 1
             paused = SpeechPaused(segment=self._build_segment(frame, forced=False), captured_at=0.0)
             events.append(self._timed(paused, frame))

@@ -222,9 +222,23 @@ def test_barge_in_is_stricter_than_speech_start(model):
     assert not any(isinstance(e, BargeIn) for e in events)
 
 
+def test_each_stretch_of_speech_over_the_bot_can_barge_in(model):
+    """A semantic turn stays open over a pause (its segment waits for max_wait_ms), and
+    the bot may be talking again by then (the reply committed at the pause). Speech
+    after that pause is a new stretch: it must be able to stop the bot, even if the
+    first stretch's barge-in did not silence it (the turn manager decides that)."""
+    first = telephony(speech("What time do you open on Saturday?"))
+    second = telephony(speech("Can you transfer me to customer service?"))
+    audio = np.concatenate([silence(0.5), first, silence(1.2), second, silence(0.5)])
+    barges = barge_events(model, audio)  # the bot talks throughout
+    assert len(barges) == 2  # not one per window: once per stretch
+    assert barges[0].detected_sample < 4000 + len(first) < barges[1].detected_sample
+
+
 def test_words_gate_hook_is_asked_and_can_veto(model):
+    # one stretch of speech (no pause inside: each stretch may barge in once)
     audio = np.concatenate(
-        [silence(0.5), telephony(speech("Hello there, can you hear me?")), silence(0.5)]
+        [silence(0.5), telephony(speech("What time do you open on Saturday?")), silence(0.5)]
     )
     seen: list[tuple[int, int]] = []
 

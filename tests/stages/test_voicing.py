@@ -83,8 +83,10 @@ def test_non_speech_over_the_bot_makes_no_barge_in(kind, seed):
 def test_speech_still_barges_in_within_two_windows(model, voice, text):
     audio = padded(telephony(speech(text, voice)), 0.5, 0.5)
     frames = frames_of(model, audio)
-    (ungated,) = barge_ins(frames)
-    (gated,) = barge_ins(frames, VoicingGate())
+    # the first stretch's (the bot talks throughout here, so a phrase with a pause
+    # inside, "Sorry, [pause] wait.", barges in once per stretch)
+    ungated = barge_ins(frames)[0]
+    gated = barge_ins(frames, VoicingGate())[0]
     assert gated.sample == ungated.sample
     assert gated.detected_sample - ungated.detected_sample <= 2 * SIZE
 
