@@ -30,10 +30,17 @@ def hallucination(
     phantom_phrases: frozenset[str] | set[str],
 ) -> str | None:
     """Why a transcript is Whisper's invention rather than speech, or None: the local
-    service and a remote server's answers go through the same guard."""
+    service and a remote server's answers go through the same guard.
+
+    Audio Whisper itself calls non-speech gives no speech when the words are unsure,
+    or when they loop, however sure: on noise the decoder repeats the vocabulary
+    prompt ("Rosie's Bakery, sourdough, sourdough, ...") with a high log-probability
+    (faster-whisper's sampled fallback sometimes keeps such a result)."""
     if not text:
         return None
-    if no_speech_prob > no_speech_threshold and avg_logprob < log_prob_threshold:
+    if no_speech_prob > no_speech_threshold and (
+        avg_logprob < log_prob_threshold or repetition(text) is not None
+    ):
         return "no speech"
     phrase = " ".join(_normal_words(text))
     near_silent = level_dbfs < silence_dbfs + 15.0

@@ -13,6 +13,7 @@ from stages.stt import (
     SttService,
     SttStage,
     TranscriptFrame,
+    hallucination,
     open_stt_service,
     repetition,
     trim_loop,
@@ -60,6 +61,28 @@ def test_short_answer_is_not_looped(service):
 )
 def test_near_silence_gives_no_words(service, audio):
     assert service.transcribe_sync(telephony(audio)).text == ""
+
+
+def test_a_loop_on_audio_whisper_calls_non_speech_is_dropped_however_sure():
+    """faster-whisper's sampled fallback sometimes keeps a confident loop of the
+    vocabulary prompt on white noise (seen once in the suite: "Rosie's Bakery,
+    sourdough, sourdough, ...")."""
+
+    def judged(text: str, no_speech_prob: float) -> str | None:
+        return hallucination(
+            text,
+            avg_logprob=-0.2,  # sure of its words
+            no_speech_prob=no_speech_prob,
+            level_dbfs=-35.0,
+            no_speech_threshold=0.6,
+            log_prob_threshold=-1.0,
+            silence_dbfs=-55.0,
+            phantom_phrases=frozenset(),
+        )
+
+    assert judged("Rosie's Bakery, sourdough, sourdough, sourdough.", 0.97) == "no speech"
+    assert judged("No, no, no, not today.", 0.1) is None  # speech repeats itself too
+    assert judged("Sourdough, please.", 0.97) is None  # no loop: the log-probability decides
 
 
 def test_repetition_and_loop_trimming():
