@@ -189,17 +189,20 @@ async def test_a_barged_in_reply_is_published_as_interrupted():
                     await trio.sleep(2.0)  # past the continuation window: a barge-in
                     await call.speak(caller("Sorry, I only wanted to know about Sunday."))
                     # the second question is published once its turn is committed, which
-                    # may come after audio of the cut reply already on its way
+                    # may come after audio of the cut reply already on its way; and if an
+                    # answer to "Sorry," alone started in the comma's pause, that withdrawn
+                    # turn is published before the whole sentence
                     published: list = []
-                    while len(published) < 3:
+                    while not any("sunday" in words(m.content) for m in published[2:]):
                         await trio.sleep(0.1)
                         published += [e.message for e in drain(events) if isinstance(e, MessageNew)]
-    first_question, cut, second_question, *_ = published
+    first_question, cut, *rest = published
     assert cut.parent_id == first_question.id
     assert cut.metadata["interrupted"] is True
     assert 0 < len(cut.content) < len(cut.metadata["replyText"]) / 2  # what was heard
     assert cut.metadata["replyText"].startswith(cut.content.rstrip("."))
-    assert words(second_question.content)[:3] == ["sorry", "i", "only"]
+    callers = [m for m in rest if m.metadata["role"] == "caller"]
+    assert words(callers[-1].content)[:3] == ["sorry", "i", "only"]  # answered whole
 
 
 async def test_send_message_makes_the_bot_say_it_into_the_call():
