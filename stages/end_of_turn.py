@@ -204,6 +204,12 @@ _VERB_TO_COME = re.compile(
     r"\b(?:can|could|would|will|do|does|did|should|may|might|shall) (?:i|you|we|they|he|she)$"
 )
 _TELL_ME = re.compile(r"\b(?:tell|show|give|send|ask) me$")
+# a turn made only of these opens what the caller wants to say ("Sorry, I only wanted
+# ...", "Hold on, ..."): said over the bot, it is the barge-in's first breath
+_PREFACES = re.compile(
+    r"(?:(?:um|uh|oh|okay|ok|so|well|actually|sorry|excuse me|pardon me|wait|hold on"
+    r"|one (?:moment|second|sec)|listen|look|hang on) ?)+"
+)
 _DISCOURSE = _word_set("so well and but oh okay ok um uh yeah yes no right then")
 _SUBJECTS = _word_set("i we you they he she it this that there my our i'm i'd we're it's")
 _FUNCTION_WORDS = _CONJUNCTIONS | _PREPOSITIONS | _DETERMINERS | _POSSESSIVES | _SUBJECTS
@@ -265,6 +271,9 @@ def word_evidence(text: str | None) -> WordEvidence:
         return WordEvidence(UNFINISHED_WEAK, "what is wanted is not said yet")
     if _VERB_TO_COME.search(phrase):  # "Can you?" (Whisper's "?"), then "... deliver"
         return WordEvidence(UNFINISHED_WEAK, "the verb is still to come")
+    preface = _PREFACES.fullmatch(phrase) and words[-1] not in {"okay", "ok"}
+    if preface and not question_mark:  # "Sorry?" asks to hear it again: finished
+        return WordEvidence(UNFINISHED_WEAK, "a preface: the point is still to come")
     if _TELL_ME.search(phrase):  # "Could you tell me?" opens a question: "when you close"
         return WordEvidence(UNFINISHED_STRONG, "what to tell is still to come")
     numbers_only = len(words) <= 3 and all(_is_number(word) for word in words)

@@ -136,6 +136,20 @@ def test_measured_cut_ins_a_question_mark_does_not_excuse(text):
     assert POLICY.judge(0.93, text).verdict is not Verdict.COMPLETE
 
 
+@pytest.mark.parametrize("text", ["Sorry.", "Sorry", "Excuse me.", "Um, sorry, wait", "Actually"])
+def test_a_preface_alone_waits_for_the_point(text):
+    """Measured in the suite: a caller barging in with "Sorry, [pause] I only wanted to
+    know about Sunday." was answered in the comma's pause ("Sorry." judged complete by
+    the voice), then interrupted again when the caller went on."""
+    assert word_evidence(text).reason == "a preface: the point is still to come"
+    assert POLICY.judge(0.9, text).verdict is not Verdict.COMPLETE
+
+
+@pytest.mark.parametrize("text", ["Sorry?", "Okay.", "No, sorry.", "Oh, okay."])
+def test_a_preface_word_in_a_whole_answer_is_not_one(text):
+    assert word_evidence(text).log_odds >= 0  # "Sorry?" asks to hear it again
+
+
 def test_a_clause_after_a_discourse_marker_still_counts():
     """Measured: Smart Turn 0.21 for "So I was thinking, maybe the carrot cake."."""
     text = "So I was thinking, maybe the carrot cake."
