@@ -26,7 +26,6 @@ worker itself have deadlines, so it always ends.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import random
@@ -45,6 +44,7 @@ import trio
 from pipeline.caller.audiofile import load_audio
 from pipeline.caller.emulator import EmulatedCall, RegistrationError, open_call
 from pipeline.runtime.frames import TELEPHONE_RATE
+from pipeline.server.heap import freeze_start_up_heap
 from stages.resample import resample
 
 NOISE_TURN_S = (1.0, 1.5)
@@ -217,8 +217,7 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     # A full collection walks every tracked object: with the start-up heap (numpy, scipy,
     # the turns) it stopped this loop for ~200 ms every few seconds, and 100 calls then
     # sent 10 packets each in a burst. Frozen, it is no longer scanned.
-    gc.collect()
-    gc.freeze()
+    freeze_start_up_heap()
     cpu_before, wall_before = cpu_seconds(), time.monotonic()
     start = trio.current_time()
     limit = args.ramp + args.seconds + args.registration_timeout + 30  # catches a bug only

@@ -239,21 +239,21 @@ class CallerSide:
     async def _send_loop(self, ws: WebSocketConnection, protocol: ClientProtocol) -> None:
         """One packet every 20 ms on a drift-free schedule; impairments on the way out."""
         send = FrameSender(ws).send  # ws.send_message's frames, for less CPU (see .frames)
+        clean = self.impairments == Impairments(seed=self.impairments.seed)
         start = trio.current_time()
-        if self.impairments == Impairments(seed=self.impairments.seed):  # a clean network
-            tick = 0
-            while True:
-                message = self._next_packet(start + tick * PACKET_SECONDS, protocol)
-                await send(message)
-                self.packets_sent += 1
-                tick += 1
-                await sleep_until(start + tick * PACKET_SECONDS)  # one timer for all callers
         queue: list[tuple[float, int, bytes | str]] = []
         order = 0
         tick = 0
         while True:
             nominal = start + tick * PACKET_SECONDS
             message = self._next_packet(nominal, protocol)
+            tick += 1
+            next_nominal = start + tick * PACKET_SECONDS
+            if clean:  # a clean network: straight out, no random draws per packet
+                await send(message)
+                self.packets_sent += 1
+                await sleep_until(next_nominal)  # the shared timer: hundreds of callers
+                continue
             order += 1
             send_at = nominal
             if self._rng.random() < self.impairments.loss:
@@ -268,8 +268,6 @@ class CallerSide:
                 if self._rng.random() < self.impairments.duplicate:
                     self.packets_duplicated += 1
                     heapq.heappush(queue, (send_at + 0.001, order, message))
-            tick += 1
-            next_nominal = start + tick * PACKET_SECONDS
             while queue and queue[0][0] < next_nominal:
                 send_at, _, message = heapq.heappop(queue)
                 if send_at > trio.current_time():  # already due (no jitter): no timer
