@@ -37,11 +37,17 @@ The combination is a sum of log-odds, as for two independent pieces of evidence
   proportion to the STT's confidence (exp of its average token log-probability), in
   full from ``HEARD_WELL`` (0.6), not at all at ``HEARD_POORLY`` (0.35), for three
   words or more (a word or two: the average is noise). Words not made out at all
-  (weight under ``UNHEARD_WEIGHT``) leave the turn *unsure* whatever the model says,
-  committed after the full ``unsure_wait_ms``: a cut-off fragment is what Whisper
-  hears worst ("The other happened." for "The address is", with the model at 0.96),
-  and the voice alone is the cue known to be wrong. An unfinished reading keeps its
-  weight: a wrong wait is bounded, a wrong cut-in is not.
+  (weight under ``UNHEARD_WEIGHT``) leave the turn *unsure* whatever the model says:
+  a cut-off fragment is what Whisper hears worst ("The other happened." for "The
+  address is", with the model at 0.96), and the voice alone is the cue known to be
+  wrong. How long the caller has spoken is then the evidence left: a short turn (the
+  length of a lead-in, up to ``UNHEARD_SHORT_TURN_MS`` of audio) waits the full
+  ``unsure_wait_ms``; a long one (``UNHEARD_LONG_TURN_MS`` or more, a whole request)
+  waits as the fixed hangover would (``hangover_ms``), linearly between. Measured on
+  the benchmark's voices: the unheard fragments before a pause were 0.7-1.1 s of
+  speech (1.1-1.5 s of turn audio), the unheard finished questions 2.2-2.3 s (2.5-2.7
+  s). An unfinished reading keeps its weight: a wrong wait is bounded, a wrong cut-in
+  is not.
 - The voice's ending (``use_pitch``, off by default): a fall to the bottom of the
   phrase's register +0.7, a level or rising end on a non-question -0.7
   (:func:`stages.voicing.terminal_pitch`). Off because on the benchmark's synthetic
@@ -97,6 +103,10 @@ HEARD_WELL = 0.6  # STT confidence (exp avg log-prob) at which the words count i
 HEARD_POORLY = 0.35  # ... at or below which a "finished" reading counts for nothing
 CONFIDENCE_MIN_WORDS = 3  # shorter transcripts: their confidence says little
 UNHEARD_WEIGHT = 0.25  # under this weight the words were not made out (confidence < 0.41)
+# unheard words: a turn's audio (onset with its preroll, to the judgement) this short is
+# a lead-in's length and waits unsure_wait_ms; this long, a request's: the hangover
+UNHEARD_SHORT_TURN_MS = 1600.0
+UNHEARD_LONG_TURN_MS = 2400.0
 PITCH_FALL = 0.7  # the voice fell to the bottom of its register: a statement's end
 PITCH_HELD = -0.7  # level or rising at the top: a phrase held open
 PITCH_LOW_END_ST = -2.0  # semitones under the phrase's median that count as "low"
@@ -146,6 +156,7 @@ class Judgement:
     pitch_log_odds: float = 0.0
     model_late: bool = False  # the model missed its deadline: judged without it
     model_skipped: bool = False  # the words decided whatever the model said: not asked
+    turn_ms: float | None = None  # the turn's audio judged (onset with preroll, to the pause)
 
     def as_dict(self) -> dict[str, Any]:
         """A plain, JSON-ready account of the judgement."""
@@ -166,6 +177,7 @@ class Judgement:
             "end_level_db": self.pitch.end_level_db if self.pitch else None,
             "pitch_log_odds": self.pitch_log_odds,
             "wait_ms": self.wait_ms,
+            "turn_ms": self.turn_ms,
         }
 
 
@@ -352,7 +364,9 @@ class EndOfTurnPolicy:
     ``early_ms`` / ``unsure_wait_ms``: with ``graded_wait``, an unsure verdict waits
     according to how unsure it is (linear in log-odds): from ``early_ms`` (the pause
     itself) just under ``complete_threshold`` up to ``unsure_wait_ms`` just over
-    ``incomplete_threshold``; without it, always ``unsure_wait_ms``."""
+    ``incomplete_threshold``; without it, always ``unsure_wait_ms``. ``hangover_ms``:
+    the wait of a long turn whose words were not made out (the fixed hangover's
+    ``min_silence_ms``)."""
 
     complete_threshold: float = 0.6
     incomplete_threshold: float = 0.3
@@ -362,6 +376,7 @@ class EndOfTurnPolicy:
     graded_wait: bool = True
     early_ms: float = 160.0
     unsure_wait_ms: float = 1200.0
+    hangover_ms: float = 600.0
 
     @classmethod
     def of(cls, turns: TurnConfig) -> EndOfTurnPolicy:
@@ -375,6 +390,7 @@ class EndOfTurnPolicy:
             graded_wait=turns.graded_wait,
             early_ms=turns.early_silence_ms or 0.0,
             unsure_wait_ms=turns.unsure_wait_ms,
+            hangover_ms=turns.min_silence_ms,
         )
 
     def __post_init__(self) -> None:
@@ -382,6 +398,8 @@ class EndOfTurnPolicy:
             raise ValueError("need 0 <= incomplete_threshold <= complete_threshold <= 1")
         if not 0.0 <= self.early_ms <= self.unsure_wait_ms:
             raise ValueError("need 0 <= early_ms <= unsure_wait_ms")
+        if self.hangover_ms < 0.0:
+            raise ValueError("need hangover_ms >= 0")
 
     def judge(
         self,
@@ -390,10 +408,13 @@ class EndOfTurnPolicy:
         *,
         stt_confidence: float | None = None,
         pitch: TerminalPitch | None = None,
+        turn_ms: float | None = None,
     ) -> Judgement:
         """Combine the model's P(complete) (None: no model) with the words (None: no
         transcript yet), the STT's confidence in them and the terminal pitch into a
-        verdict and the silence to wait before committing."""
+        verdict and the silence to wait before committing. ``turn_ms``: the turn's
+        audio so far (from its onset with the preroll); it sets the wait when the words
+        were not made out (None: the full ``unsure_wait_ms``)."""
         if model_probability is not None and not 0.0 <= model_probability <= 1.0:
             raise ValueError(f"model probability {model_probability!r} is not in [0, 1]")
         if stt_confidence is not None and not 0.0 <= stt_confidence <= 1.0:
@@ -412,9 +433,8 @@ class EndOfTurnPolicy:
         unheard = weighing and weight < UNHEARD_WEIGHT and heard >= CONFIDENCE_MIN_WORDS
         if unheard and words.log_odds >= 0:
             # words not made out: the voice alone decides nothing either way (it is the
-            # cue known to be wrong a third of the time); wait as long as the least sure
-            # (a cut-off fragment is what Whisper hears worst), then answer
-            verdict, wait_ms = Verdict.UNSURE, self.unsure_wait_ms
+            # cue known to be wrong a third of the time); the turn's length does
+            verdict, wait_ms = Verdict.UNSURE, self._unheard_wait(turn_ms)
         elif probability >= self.complete_threshold:
             verdict, wait_ms = Verdict.COMPLETE, 0.0
         elif probability < self.incomplete_threshold:
@@ -432,7 +452,22 @@ class EndOfTurnPolicy:
             confidence_weight=round(weight, 3),
             pitch=pitch,
             pitch_log_odds=tone,
+            turn_ms=turn_ms,
         )
+
+    def _unheard_wait(self, turn_ms: float | None) -> float:
+        """The wait of a turn whose words were not made out: a short turn is what a
+        cut-off lead-in looks like ("The address is", heard as "The other happened."):
+        the full ``unsure_wait_ms``; a long one is more likely a whole request, and
+        waits the hangover's ``hangover_ms`` (never more than ``unsure_wait_ms``)."""
+        longest = self.unsure_wait_ms
+        if turn_ms is None or turn_ms <= UNHEARD_SHORT_TURN_MS:
+            return longest
+        share = min(
+            1.0, (turn_ms - UNHEARD_SHORT_TURN_MS) / (UNHEARD_LONG_TURN_MS - UNHEARD_SHORT_TURN_MS)
+        )
+        shortest = min(self.hangover_ms, longest)
+        return round(longest - share * (longest - shortest), 1)
 
     def _unsure_wait(self, probability: float) -> float:
         """Silence from the end of the voice after which an unsure turn is committed.

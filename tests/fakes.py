@@ -11,6 +11,7 @@ interface as the real service (:class:`~stages.vad.VoiceActivityDetector`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -176,9 +177,12 @@ class FakeToneStt(Service):
 
     name = "fake-tone-stt"
 
-    def __init__(self, words: dict[float, str], *, delay: float = 0.0) -> None:
+    def __init__(
+        self, words: dict[float, str], *, delay: float = 0.0, confidence: float = 1.0
+    ) -> None:
         self.words = dict(words)
         self.delay = delay
+        self.confidence = confidence  # how well it says it heard (exp avg log-prob)
         self.heard: list[float] = []
         self.texts: list[str] = []
 
@@ -191,8 +195,8 @@ class FakeToneStt(Service):
         self.texts.append(text)
         return Transcript(
             text=text,
-            confidence=1.0,
-            avg_logprob=0.0,
+            confidence=self.confidence,
+            avg_logprob=math.log(self.confidence) if self.confidence > 0 else -10.0,
             no_speech_prob=0.0,
             audio_s=seconds,
             infer_s=self.delay,

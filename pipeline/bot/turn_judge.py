@@ -91,6 +91,7 @@ class TurnJudge:
         ``max_wait_ms`` commits the turn. The model gets ``turn_model_deadline_ms`` from
         now: a model that hangs or lags (a busy machine) costs a cue, not the wait."""
         deadline = trio.current_time() + self.config.turn_model_deadline_ms / 1000
+        turn_ms = len(audio) * 1000 / TELEPHONE_RATE
         probability: float | None = None
         answered = trio.Event()
 
@@ -114,7 +115,7 @@ class TurnJudge:
             skipped = False
             if self.config.use_words:
                 await reply.transcribed.wait()
-                skipped = not answered.is_set() and self._words_decide(reply, pitch)
+                skipped = not answered.is_set() and self._words_decide(reply, pitch, turn_ms)
             if skipped:
                 self.counts["model_skipped"] += 1
             else:
@@ -127,21 +128,25 @@ class TurnJudge:
             nursery.cancel_scope.cancel()  # a request still queued leaves the queue
         text = reply.caller_text if reply.transcribed.is_set() else None
         confidence = reply.confidence if text else None
-        judgement = self.policy.judge(probability, text, stt_confidence=confidence, pitch=pitch)
+        judgement = self.policy.judge(
+            probability, text, stt_confidence=confidence, pitch=pitch, turn_ms=turn_ms
+        )
         if late or skipped:
             judgement = dataclasses.replace(judgement, model_late=late, model_skipped=skipped)
         self.counts["judged"] += 1
         self.counts[judgement.verdict.value] += 1
         return judgement
 
-    def _words_decide(self, reply: Reply, pitch: Any) -> bool:
+    def _words_decide(self, reply: Reply, pitch: Any, turn_ms: float) -> bool:
         """Whether the model's answer cannot change the judgement: the verdict and wait
         are the same at both ends of the range its probability is clipped to."""
         text = reply.caller_text
         confidence = reply.confidence if text else None
 
         def at(p: float) -> tuple[Any, float | None]:
-            judged = self.policy.judge(p, text, stt_confidence=confidence, pitch=pitch)
+            judged = self.policy.judge(
+                p, text, stt_confidence=confidence, pitch=pitch, turn_ms=turn_ms
+            )
             return judged.verdict, judged.wait_ms
 
         return at(MODEL_FLOOR) == at(1.0 - MODEL_FLOOR)

@@ -96,6 +96,7 @@ async def converse(
     barge_in: bool = True,
     seconds_per_char: float = 0.03,
     model_delay: float = 0.05,
+    stt_confidence: float = 1.0,
 ) -> Outcome:
     """Feed ``audio`` window by window at its real pace through the endpointer into a
     conversation, then 3 s of silence; return what happened."""
@@ -111,7 +112,7 @@ async def converse(
         encode_interrupt=lambda: "interrupt",
         log=CallLogger(logging.getLogger("test.policy"), "policy"),
     )
-    stt, tts = FakeToneStt(WORDS), FakeToneTts(seconds_per_char)
+    stt, tts = FakeToneStt(WORDS, confidence=stt_confidence), FakeToneTts(seconds_per_char)
     model = FakeTurnModel(MODEL, delay=model_delay)
     llm = EchoLlm("Sure. You said {text}, and I will help.")
     playout = Playout()
@@ -312,6 +313,22 @@ async def test_an_unsure_verdict_waits_less_the_surer_it_is(autojump_clock):
     (judged,) = turn.turn_judgements
     assert judged["wait_ms"] == pytest.approx(443.0, abs=5.0)
     assert 443 - 50 <= turn.timings_ms["endpointing"] <= 443 + 50
+
+
+@pytest.mark.parametrize(("seconds", "wait_ms"), [(0.6, 1200.0), (2.6, 600.0)])
+async def test_words_not_made_out_wait_by_how_long_the_caller_spoke(
+    autojump_clock, seconds, wait_ms
+):
+    """Words heard at confidence 0.2: a short turn (a cut-off lead-in's length) waits
+    the whole unsure wait, a long one the hangover's min_silence_ms."""
+    turns = TurnConfig(unsure_wait_ms=1200.0, min_silence_ms=600.0, use_pitch=False)
+    outcome = await converse(said((MUSING, seconds)), turns, stt_confidence=0.2)
+    (turn,) = outcome.turns
+    assert turn.end_of_turn == "unsure"
+    (judged,) = turn.turn_judgements
+    assert judged["wait_ms"] == wait_ms
+    assert judged["turn_ms"] == pytest.approx(seconds * 1000 + 350, abs=100)
+    assert wait_ms - 50 <= turn.timings_ms["endpointing"] <= wait_ms + 50
 
 
 async def test_a_hung_turn_model_costs_its_cue_not_the_wait(autojump_clock):

@@ -14,12 +14,15 @@ from stages.end_of_turn import (
     PITCH_HELD,
     PITCH_MIN_VOICED_MS,
     UNFINISHED_STRONG,
+    UNHEARD_LONG_TURN_MS,
+    UNHEARD_SHORT_TURN_MS,
     EndOfTurnPolicy,
     Verdict,
     confidence_weight,
     pitch_evidence,
     word_evidence,
 )
+from stages.turns import TurnConfig
 from stages.voicing import TerminalPitch
 
 POLICY = EndOfTurnPolicy()
@@ -287,6 +290,39 @@ def test_words_not_made_out_do_not_leave_the_turn_to_the_model_either_way():
     assert judgement.wait_ms == POLICY.unsure_wait_ms
     # but an unfinished ending stays unfinished however poorly heard
     assert POLICY.judge(0.14, "My name is", stt_confidence=0.1).verdict is Verdict.INCOMPLETE
+
+
+def test_words_not_made_out_wait_by_the_length_of_the_turn():
+    """Measured: the unheard fragments before a caller's pause had 1.1-1.5 s of turn
+    audio ("The other happened." for "The address is"); the unheard finished questions
+    2.5-2.7 s. A short one waits the whole unsure wait, a long one the hangover's."""
+    text = "is a sharp open on public hardly name"
+    policy = EndOfTurnPolicy(unsure_wait_ms=1200.0, hangover_ms=600.0)
+
+    def wait(turn_ms: float | None) -> float | None:
+        judgement = policy.judge(0.96, text, stt_confidence=0.3, turn_ms=turn_ms)
+        assert judgement.verdict is Verdict.UNSURE
+        assert judgement.turn_ms == turn_ms
+        return judgement.wait_ms
+
+    assert wait(None) == wait(1100.0) == wait(UNHEARD_SHORT_TURN_MS) == 1200.0
+    assert wait(UNHEARD_LONG_TURN_MS) == wait(2600.0) == wait(20_000.0) == 600.0
+    middle = (UNHEARD_SHORT_TURN_MS + UNHEARD_LONG_TURN_MS) / 2
+    assert wait(middle) == pytest.approx(900.0)
+    assert wait(middle) > wait(middle + 100.0)
+    # a hangover longer than the unsure wait never lengthens it
+    longer = EndOfTurnPolicy(unsure_wait_ms=700.0, hangover_ms=900.0)
+    assert longer.judge(0.9, text, stt_confidence=0.3, turn_ms=3000.0).wait_ms == 700.0
+    # heard words are judged as before, however long the turn
+    heard = policy.judge(0.96, "What time do you open?", stt_confidence=0.9, turn_ms=3000.0)
+    assert heard.verdict is Verdict.COMPLETE
+
+
+def test_the_policy_waits_the_configured_hangover_for_long_unheard_turns():
+    turns = TurnConfig(min_silence_ms=450.0)
+    assert EndOfTurnPolicy.of(turns).hangover_ms == 450.0
+    with pytest.raises(ValueError, match="hangover_ms"):
+        EndOfTurnPolicy(hangover_ms=-1.0)
 
 
 @pytest.mark.parametrize(
