@@ -1,12 +1,18 @@
 """The turn-taking benchmark's callers: utterances whose true end is known to the sample.
 
-Four kinds of item, as a caller on a telephone line says them:
+Five kinds of item, as a caller on a telephone line says them:
 
 - ``complete``: a whole question or statement (bakery orders and general talk);
 - ``continued``: an incomplete phrase ("My name is"), a pause of 0.5-1.2 s, then its
   continuation ("John Smith"): one utterance the bot must not answer in the pause;
 - ``hesitation``: a sentence with "um" / "uh" in the middle, pauses around the filler;
-- ``short``: a short answer ("yes", "no", a number).
+- ``short``: a short answer ("yes", "no", a number);
+- ``afterthought``: a whole sentence, a pause, then more of it ("I'd like to book a
+  table, ... for four people tonight"). Nothing in the words or the voice says the
+  first half is unfinished, so a bot that answers finished sentences quickly answers in
+  the pause; what counts is that it stops when the caller goes on and answers the
+  whole. Kept apart from ``continued`` (issue 14's cut-in target is on incomplete
+  phrases) and reported beside it.
 
 Each part is a clip of :func:`benchmarks.speech_corpus.speech` (trimmed to its audible
 part, so padding it with exact silence gives exact bounds), spoken by one of the
@@ -46,12 +52,12 @@ __all__ = [
     "render",
 ]
 
-Kind = Literal["complete", "continued", "hesitation", "short"]
+Kind = Literal["complete", "continued", "hesitation", "short", "afterthought"]
 Half = Literal["tune", "held_out", "fresh"]
 HALVES: tuple[Half, ...] = ("tune", "held_out", "fresh")
 # The tuning half's voices; the others are held out (fresh items: whatever the voice)
 TUNE_VOICES = frozenset({VOICES[0].label, VOICES[2].label, VOICES[3].label})
-KINDS: tuple[Kind, ...] = ("complete", "continued", "hesitation", "short")
+KINDS: tuple[Kind, ...] = ("complete", "continued", "hesitation", "short", "afterthought")
 LEAD_S = 0.3  # silence before the caller speaks: the VAD learns the line's floor
 TAIL_S = 0.2  # silence after; the emulator goes on sending silence while the call lasts
 RATE = 8000
@@ -115,7 +121,6 @@ JOINED_COMPLETE = (
     "I would like to speak to someone about my bill.",
 )
 JOINED_CONTINUED = (
-    ("I'd like to book a table", "for four people tonight."),
     ("Can you send the invoice to", "my work email?"),
     ("The delivery should go to", "the back entrance."),
     ("My date of birth is", "the third of May."),
@@ -124,7 +129,8 @@ JOINED_CONTINUED = (
     ("Could you check whether", "my payment went through?"),
     ("The reference number is", "four four seven nine."),
 )
-JOINED_PAUSES_S = (0.5, 0.7, 0.9, 1.0, 0.6, 0.8)
+JOINED_PAUSES_S = (0.7, 0.9, 1.0, 0.6, 0.8, 0.5)
+JOINED_AFTERTHOUGHT = (("I'd like to book a table", "for four people tonight."),)
 # Fresh: written after every rule and constant was set; never tuned on.
 FRESH_COMPLETE = (
     "Do you have any appointments left this week?",
@@ -138,9 +144,18 @@ FRESH_CONTINUED = (
     ("Could you put me through to", "the billing department?"),
     ("I moved house last month and", "my post still goes to the old address."),
     ("Is there any way to", "get a refund?"),
-    ("We ordered a sofa from you", "but it arrived damaged."),
 )
 FRESH_PAUSES_S = (0.6, 0.8, 1.0, 0.7, 0.9, 0.5)
+# the first one was a continued item until it was seen to be a whole sentence; the
+# others were written with the afterthought kind, after every rule was set
+FRESH_AFTERTHOUGHT = (
+    ("We ordered a sofa from you", "but it arrived damaged."),
+    ("I need to cancel my order", "the one from Tuesday."),
+    ("My card was declined", "when I tried to pay online."),
+    ("I'd like a chocolate cake", "with my daughter's name on it."),
+    ("Your driver left the parcel outside", "in the rain."),
+)
+AFTERTHOUGHT_PAUSES_S = (0.5, 0.6, 0.8, 0.5, 0.7)
 FRESH_SHORT = ("Nope.", "Tuesday.")
 
 
@@ -281,7 +296,11 @@ def corpus(*, quick: bool = False) -> list[TurnItem]:
     for index, parts in enumerate(JOINED_CONTINUED):
         pause = (JOINED_PAUSES_S[index % len(JOINED_PAUSES_S)],)
         name = f"new-continued-{index + 1}"
-        items.append(TurnItem(name, "continued", parts, pause, voice(index), joined=True))
+        # voices and pauses as before the first item became an afterthought
+        items.append(TurnItem(name, "continued", parts, pause, voice(index + 1), joined=True))
+    for index, parts in enumerate(JOINED_AFTERTHOUGHT):
+        name = f"new-afterthought-{index + 1}"
+        items.append(TurnItem(name, "afterthought", parts, (0.5,), voice(index), joined=True))
     for index, text in enumerate(FRESH_COMPLETE):
         name = f"fresh-complete-{index + 1}"
         items.append(TurnItem(name, "complete", (text,), (), voice(index + 2), tuned=False))
@@ -290,6 +309,13 @@ def corpus(*, quick: bool = False) -> list[TurnItem]:
         name = f"fresh-continued-{index + 1}"
         speaker = voice(index + 1)
         items.append(TurnItem(name, "continued", parts, pause, speaker, tuned=False, joined=True))
+    for index, parts in enumerate(FRESH_AFTERTHOUGHT):
+        pause = (AFTERTHOUGHT_PAUSES_S[index % len(AFTERTHOUGHT_PAUSES_S)],)
+        name = f"fresh-afterthought-{index + 1}"
+        speaker = voice(index + 6)  # the first keeps the voice it had as a continued item
+        items.append(
+            TurnItem(name, "afterthought", parts, pause, speaker, tuned=False, joined=True)
+        )
     for index, text in enumerate(FRESH_SHORT):
         name = f"fresh-short-{index + 1}"
         items.append(TurnItem(name, "short", (text,), (), voice(index + 4), tuned=False))

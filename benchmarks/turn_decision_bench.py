@@ -83,6 +83,7 @@ class PauseEvidence:
     text: str
     stt_confidence: float | None
     pitch: TerminalPitch | None
+    turn_ms: float | None = None  # the audio judged (evidence saved before it: None)
 
 
 def _pause_ends(rendered: RenderedItem, early_ms: float) -> list[tuple[int, bool, float | None]]:
@@ -127,6 +128,7 @@ async def gather(
                     text=transcript.text.strip(),
                     stt_confidence=round(transcript.confidence, 3) if transcript.text else None,
                     pitch=terminal_pitch(audio, RATE),
+                    turn_ms=len(audio) * 1000 / RATE,
                 )
             )
         progress(
@@ -153,7 +155,11 @@ def replay(evidence: Sequence[PauseEvidence], turns: TurnConfig) -> list[dict[st
     for pause in evidence:
         model = None if turns.turn_model == "none" else pause.model_probability
         judgement = policy.judge(
-            model, pause.text, stt_confidence=pause.stt_confidence, pitch=pause.pitch
+            model,
+            pause.text,
+            stt_confidence=pause.stt_confidence,
+            pitch=pause.pitch,
+            turn_ms=pause.turn_ms,
         )
         early = turns.early_silence_ms or 0.0
         if judgement.verdict is Verdict.COMPLETE:
@@ -180,20 +186,27 @@ def replay(evidence: Sequence[PauseEvidence], turns: TurnConfig) -> list[dict[st
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Cut-ins on continued items (any inner pause), end waits on complete ones."""
-    continued: dict[str, bool] = {}
+    """Cut-ins on continued and hesitation items (any inner pause), apart from them on
+    afterthoughts (a whole sentence, then more), end waits on complete and short ones."""
+    cut_at: dict[str, dict[str, bool]] = {"continued": {}, "afterthought": {}}
     for row in rows:
         if not row["final"] and (row["pause_s"] or 0) <= 1.0:
-            continued[row["item"]] = continued.get(row["item"], False) or row["cut_in"]
+            group = cut_at["afterthought" if row["kind"] == "afterthought" else "continued"]
+            group[row["item"]] = group.get(row["item"], False) or row["cut_in"]
     ends = [row for row in rows if row["final"] and row["kind"] in ("complete", "short")]
-    cut = sum(continued.values())
-    return {
-        "cut_ins_pauses_up_to_1s": {
-            "items": len(continued),
+
+    def rate(items: dict[str, bool]) -> dict[str, Any]:
+        cut = sum(items.values())
+        return {
+            "items": len(items),
             "cut_ins": cut,
-            "rate": round(cut / len(continued), 3) if continued else None,
-            "which": sorted(item for item, was_cut in continued.items() if was_cut),
-        },
+            "rate": round(cut / len(items), 3) if items else None,
+            "which": sorted(item for item, was_cut in items.items() if was_cut),
+        }
+
+    return {
+        "cut_ins_pauses_up_to_1s": rate(cut_at["continued"]),
+        "afterthought_cut_ins": rate(cut_at["afterthought"]),
         "end_wait_ms": distribution(row["commit_ms"] for row in ends),
         "end_verdicts": dict(Counter(row["verdict"] for row in ends)),
         "slow_ends": sorted(row["item"] for row in ends if row["verdict"] != "complete"),
@@ -216,12 +229,14 @@ def print_table(results: dict[str, Any]) -> None:
     for group, variants in groups:
         for name, row in variants.items():
             cut = row["cut_ins_pauses_up_to_1s"]
+            after = row["afterthought_cut_ins"]
             wait = row["end_wait_ms"]
             lines.append(
-                [group, name, f"{cut['cut_ins']}/{cut['items']}", wait["p50"], wait["p95"]]
+                [group, name, f"{cut['cut_ins']}/{cut['items']}"]
+                + [f"{after['cut_ins']}/{after['items']}", wait["p50"], wait["p95"]]
                 + [row["end_verdicts"].get(v.value, 0) for v in Verdict]
             )
-    header = ["items", "variant", "cut-ins", "end wait p50", "p95"]
+    header = ["items", "variant", "cut-ins", "afterthought", "end wait p50", "p95"]
     print(table([*header, *(f"end {v.value}" for v in Verdict)], lines))
 
 

@@ -104,7 +104,7 @@ TARGETS = {
     "cut_in_rate_pauses_up_to_1s": 0.05,
 }
 LATENCY_KINDS = ("complete", "short")
-CONTINUED_KINDS = ("continued", "hesitation")
+CONTINUED_KINDS = ("continued", "hesitation")  # issue 14's cut-in target: unfinished phrases
 
 
 def has_semantic_mode() -> bool:
@@ -172,6 +172,9 @@ class ItemOutcome:
     commits: list[str]
     half: str = "tune"
     judgements: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # the caller went on after a pause: from the start of their next part to the bot's
+    # first interrupt after it (None: no interrupt then)
+    stopped_after_ms: float | None = None
 
 
 def account(rendered: RenderedItem, policy: str, seen: Observation) -> ItemOutcome:
@@ -191,6 +194,12 @@ def account(rendered: RenderedItem, policy: str, seen: Observation) -> ItemOutco
     if answered and not cut_in:  # after a cut-in the first audio after the end is not an answer
         v2v = round((after_end[0] - seen.speech_end_at) * 1000, 1)
     item = rendered.item
+    stopped_after_ms = None
+    if item.continues:
+        went_on_at = seen.speech_end_at - (rendered.speech_end - rendered.part_bounds[1][0]) / RATE
+        later = [t for t in seen.interrupts if t >= went_on_at]
+        if later:
+            stopped_after_ms = round((later[0] - went_on_at) * 1000, 1)
     return ItemOutcome(
         policy=policy,
         item=item.name,
@@ -209,6 +218,7 @@ def account(rendered: RenderedItem, policy: str, seen: Observation) -> ItemOutco
         commits=list(seen.commits),
         half=item.half,
         judgements=list(seen.judgements),
+        stopped_after_ms=stopped_after_ms,
     )
 
 
@@ -292,6 +302,15 @@ def _rate(outcomes: Sequence[ItemOutcome]) -> dict[str, Any]:
     }
 
 
+def _answered_whole(outcome: ItemOutcome) -> bool:
+    """Answered after the caller's end, by a reply that heard more than the first part
+    (Whisper's words differ from the text: the word count is the test)."""
+    if not outcome.answered or not outcome.heard:
+        return False
+    first_part = outcome.text.split(" ... ")[0]
+    return len(outcome.heard[-1].split()) > len(first_part.split())
+
+
 def summarize(outcomes: Sequence[ItemOutcome], policy: str) -> dict[str, Any]:
     """One policy's figures: voice-to-voice, cut-ins, unanswered items, interrupts."""
     mine = [outcome for outcome in outcomes if outcome.policy == policy]
@@ -299,6 +318,8 @@ def summarize(outcomes: Sequence[ItemOutcome], policy: str) -> dict[str, Any]:
     latency = [o for o in mine if o.kind in LATENCY_KINDS]
     continued = [o for o in mine if o.kind in CONTINUED_KINDS]
     up_to_1s = [o for o in continued if max(o.pauses_s) <= 1.0]
+    afterthoughts = [o for o in mine if o.kind == "afterthought"]
+    going_on = [o for o in mine if o.pauses_s and max(o.pauses_s) <= 1.0]
     reasons = Counter(reason for o in mine for reason in o.cut_in_reasons)
     return {
         "voice_to_voice_ms": distribution(o.voice_to_voice_ms for o in latency),
@@ -307,6 +328,16 @@ def summarize(outcomes: Sequence[ItemOutcome], policy: str) -> dict[str, Any]:
         },
         "cut_in_continued": _rate(continued),
         "cut_in_pauses_up_to_1s": _rate(up_to_1s),
+        # a whole sentence, then more: answered in the pause (expected), then stopped
+        # when the caller goes on, and the whole answered
+        "afterthoughts": {
+            **_rate(afterthoughts),
+            "answered_whole": sum(_answered_whole(o) for o in afterthoughts),
+            "stopped_after_ms": distribution(
+                o.stopped_after_ms for o in afterthoughts if o.cut_in and o.stopped_after_ms
+            ),
+        },
+        "cut_in_every_pause_up_to_1s": _rate(going_on),
         "cut_in_by_kind": {kind: _rate(rows) for kind, rows in by_kind.items()},
         "cut_in_reasons": dict(reasons),
         "unanswered": sum(not o.answered for o in mine),
@@ -343,6 +374,7 @@ def print_table(results: dict[str, Any]) -> None:
         v2v = row["voice_to_voice_ms"]
         cut = row["cut_in_continued"]
         kinds = row["cut_in_by_kind"]
+        after = row.get("afterthoughts") or {"cut_ins": 0, "items": 0, "answered_whole": 0}
         rows.append(
             [
                 group,
@@ -350,13 +382,15 @@ def print_table(results: dict[str, Any]) -> None:
                 v2v["p50"],
                 v2v["p95"],
                 f"{cut['cut_ins']}/{cut['items']}",
+                f"{after['cut_ins']}/{after['items']} ({after['answered_whole']} whole)",
                 kinds["complete"]["cut_ins"] + kinds["short"]["cut_ins"],
                 row["unanswered"],
                 row["interrupts_sent"],
             ]
         )
-    header = ["items", "policy", "v2v p50 ms", "v2v p95 ms", "cut-in cont.+hes.", "cut-in other"]
-    print(table([*header, "no answer", "interrupts"], rows))
+    header = ["items", "policy", "v2v p50 ms", "v2v p95 ms", "cut-in cont.+hes."]
+    header += ["afterthought cut-in", "cut-in other", "no answer", "interrupts"]
+    print(table(header, rows))
     for policy, verdicts in results["targets"].items():
         for name, verdict in verdicts.items():
             met = "met" if verdict["met"] else "NOT met"
